@@ -1,0 +1,34 @@
+"""`mlflow-gate explain`: evaluate a version against the policy, act on nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from shared.evaluation import evaluate
+from shared.policy import Target, load_policies
+from shared.settings import Settings
+from worker.facts import gather
+from worker.mlflow_api import MlflowApi
+
+
+def explain(
+    settings: Settings, model: str, version: str, target_text: str, echo: Callable[[str], None]
+) -> int:
+    policies = load_policies(settings.policy_file)
+    api = MlflowApi(settings)
+    target = Target.parse(target_text)
+    covering = policies.covering(model, target)
+    decision = evaluate(
+        gather(api, api.get_model_version(model, version), target, covering), covering
+    )
+    echo(f"{model} version {version} -> {target.kind} '{target}' (policies from {policies.source})")
+    for check in decision.checks:
+        mark = "PASS" if check.passed else ("FAIL" if check.enforced else "FAIL (audit)")
+        actual = json.dumps(check.actual) if not isinstance(check.actual, str) else check.actual
+        echo(
+            f"  {mark:12} [{check.policy}] {check.check}: actual {actual}; "
+            f"required {check.required}"
+        )
+    echo(("APPROVED: " if decision.approved else "REJECTED: ") + decision.reason)
+    return 0 if decision.approved else 1

@@ -1,0 +1,160 @@
+"""`mlflow-gate`: the operator's command line. Each verb builds the settings once and hands them
+down; a bad setting or policy file stops it with a message, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from shared.errors import ConfigError, GateError
+from shared.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"mlflow-gate: configuration error: {exc}", err=True)
+            sys.exit(2)
+        except GateError as exc:
+            click.echo(f"mlflow-gate: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_settings() -> Settings:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return settings
+
+
+@click.group()
+def main() -> None:
+    """A governance gate for the MLflow Model Registry."""
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per process")
+@friendly_errors
+def receiver(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve POST /webhooks/mlflow (and /healthz, /readyz) with gunicorn."""
+    from receiver.serve import serve
+
+    serve(load_settings(), host=host, port=port, workers=workers, threads=threads)
+
+
+@main.command()
+@click.option("--concurrency", "-c", default=2, show_default=True, type=int)
+@click.option(
+    "--pool",
+    default="prefork",
+    show_default=True,
+    type=click.Choice(["prefork", "solo", "threads"]),
+)
+@friendly_errors
+def worker(concurrency: int, pool: str) -> None:
+    """Run a Celery worker that decides the queued events."""
+    from shared import keys
+    from shared.policy import load_policies
+    from shared.queue import create_celery
+    from worker import runtime
+
+    settings = load_settings()
+    policies = load_policies(settings.policy_file)
+    runtime.install(runtime.Runtime(settings, policies))
+    app = create_celery(settings)
+    import worker.tasks  # noqa: F401  (registers the task on the app)
+
+    click.echo(
+        f"mlflow-gate worker: {len(policies.policies)} policies from {policies.source}; "
+        f"MLflow at {settings.mlflow_tracking_uri}; queue {keys.QUEUE}"
+    )
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={settings.log_level}",
+            "-Q",
+            keys.QUEUE,
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@main.group()
+def webhook() -> None:
+    """Manage the MLflow webhook that feeds the gate."""
+
+
+@webhook.command("register")
+@click.option("--url", required=True, help="the receiver's URL, ending in /webhooks/mlflow")
+@click.option("--name", default="mlflow-gate", show_default=True)
+@friendly_errors
+def webhook_register(url: str, name: str) -> None:
+    """Create, or update by name, the MLflow webhook with the secret and the gate's events."""
+    from cli.webhooks import register
+
+    click.echo(register(load_settings(), url=url, name=name))
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@click.option("--target", required=True, help="an alias (champion) or a stage (Production)")
+@friendly_errors
+def explain(model: str, version: str, target: str) -> None:
+    """Evaluate a version against the policy without acting. Exit 0 pass, 1 fail."""
+    from cli.explain import explain as run
+
+    sys.exit(run(load_settings(), model, version, target, click.echo))
+
+
+@main.group()
+def policy() -> None:
+    """Work with policy files."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+def policy_check(file: str) -> None:
+    """Validate a policy file; say what is wrong and where. Exit 0 valid, 1 not."""
+    from pathlib import Path
+
+    from shared.policy import load_policies
+
+    try:
+        policies = load_policies(Path(file))
+    except ConfigError as exc:
+        click.echo(f"invalid: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {file}: {len(policies.policies)} policies")
+    for p in policies.policies:
+        targets = ", ".join(f"{t} ({t.kind})" for t in p.targets)
+        click.echo(
+            f"  {p.name} [{p.mode}]: models {', '.join(p.models)} -> {targets}; "
+            f"{len(p.rules)} rules"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The webhook receiver: verify, parse, dedupe, enqueue, answer. No MLflow work in a request."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import redis
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from receiver.intake import Accepted, Intake, Publish, QueueUnavailable
+from shared import keys, signing
+from shared.errors import EventError, SignatureError
+from shared.events import parse_mlflow_webhook
+from shared.queue import create_celery
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = "5"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redis_client: redis.Redis | None = None,
+    publish: Publish | None = None,
+) -> Flask:
+    settings.require_webhook_secret()
+    if not settings.webhook_secret:
+        log.warning("GATE_ALLOW_UNSIGNED=true: webhooks are NOT verified. Development only!")
+    client = redis_client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=1
+    )
+    intake = Intake(client, publish or _celery_publisher(settings), settings.dedupe_ttl_seconds)
+
+    app = Flask("mlflow_gate.receiver")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    @app.post("/webhooks/mlflow")
+    def mlflow_webhook() -> tuple[Response, int]:
+        body = request.get_data(cache=False)
+        headers = request.headers
+        delivery_id = headers.get(signing.DELIVERY_ID_HEADER)
+        if settings.webhook_secret:
+            try:
+                signing.verify(
+                    settings.webhook_secret,
+                    delivery_id=delivery_id,
+                    timestamp=headers.get(signing.TIMESTAMP_HEADER),
+                    signature=headers.get(signing.SIGNATURE_HEADER),
+                    body=body,
+                    now=time.time(),
+                )
+            except SignatureError as exc:
+                return _answer(401, "unauthorized", str(exc))
+        event_id = delivery_id or hashlib.sha256(body).hexdigest()
+        try:
+            event = parse_mlflow_webhook(body, event_id=event_id, received_at=time.time())
+        except EventError as exc:
+            return _answer(400, "bad_request", str(exc))
+        if event is None:
+            return _answer(200, "ignored", "the gate does not act on this event", event_id)
+        try:
+            accepted = intake.accept(event)
+        except QueueUnavailable as exc:
+            log.error("event %s not accepted: %s", event_id, exc)
+            response, status = _answer(
+                503, "unavailable", f"{exc}; the event was not accepted, retry later", event_id
+            )
+            response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+            return response, status
+        if accepted is Accepted.DUPLICATE:
+            return _answer(200, "duplicate", "this delivery was already accepted", event_id)
+        return _answer(202, "accepted", f"{event.webhook_event} queued", event_id)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            return jsonify(status="unavailable", redis=f"unreachable: {exc}"), 503
+        return jsonify(status="ok", redis="ok"), 200
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        if status == 413:
+            return _answer(413, "too_large", f"body over the {MAX_BODY_BYTES} byte limit")
+        return _answer(status, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+
+    return app
+
+
+def _answer(
+    status: int, outcome: str, message: str, event_id: str | None = None
+) -> tuple[Response, int]:
+    body: dict[str, Any] = {"status": outcome, "message": message}
+    if event_id is not None:
+        body["event_id"] = event_id
+    return jsonify(body), status
+
+
+def _celery_publisher(settings: Settings) -> Publish:
+    celery = create_celery(settings)
+
+    def publish(event: dict[str, Any]) -> None:
+        # No publish retries: if Redis cannot take it now, MLflow's retry is the one to wait.
+        celery.send_task(keys.TASK_RECONCILE, args=[event], queue=keys.QUEUE, retry=False)
+
+    return publish

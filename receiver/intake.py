@@ -1,0 +1,64 @@
+"""Dedupe by delivery id, then persist the event to the queue. Nothing else on the hot path."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.errors import TransientError
+from shared.events import GateEvent
+
+Publish = Callable[[dict[str, Any]], None]
+
+_PENDING = b"pending"
+
+
+class Accepted(str, Enum):
+    ENQUEUED = "enqueued"
+    DUPLICATE = "duplicate"
+
+
+class QueueUnavailable(TransientError):
+    """Redis could not take the event: answer 503 so that MLflow retries."""
+
+
+class Intake:
+    def __init__(self, client: redis.Redis, publish: Publish, dedupe_ttl_seconds: int) -> None:
+        self.client = client
+        self.publish = publish
+        self.dedupe_ttl = dedupe_ttl_seconds
+
+    def accept(self, event: GateEvent) -> Accepted:
+        """Enqueue the event once per delivery id; raise QueueUnavailable if it cannot be."""
+        marker = keys.delivery(event.source, event.event_id)
+        try:
+            claimed = self.client.set(
+                marker, _PENDING, nx=True, ex=keys.DELIVERY_PENDING_TTL_SECONDS
+            )
+            if not claimed:
+                if self.client.get(marker) == _PENDING:
+                    # The first copy is being enqueued right now; it may still fail, so this
+                    # copy must not be acknowledged yet.
+                    raise QueueUnavailable("the same delivery is being enqueued; retry shortly")
+                return Accepted.DUPLICATE
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"Redis did not answer: {exc}") from exc
+        try:
+            self.publish(event.to_dict())
+        except Exception as exc:
+            self._release(marker)
+            raise QueueUnavailable(f"the event could not be enqueued: {exc}") from exc
+        # Enqueued already: acknowledge it even if this fails. The pending marker then expires on
+        # its own, and a resend is a harmless duplicate (the worker reconciles current state).
+        with contextlib.suppress(redis.RedisError):
+            self.client.set(marker, event.event_id, ex=self.dedupe_ttl)
+        return Accepted.ENQUEUED
+
+    def _release(self, marker: str) -> None:
+        with contextlib.suppress(redis.RedisError):  # else it expires on its own, soon
+            self.client.delete(marker)

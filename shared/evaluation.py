@@ -1,0 +1,232 @@
+"""Policy evaluation: facts in, decision out. No I/O, no clock, no MLflow.
+
+A missing metric, a version without a run, or a run that could not be read is a failed check with
+its own reason, never a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shared.policy import CompareRule, DescriptionRule, MetricRule, Policy, Rule, TagsRule, Target
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    run_id: str
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    model: str
+    version: str
+    description: str
+    tags: Mapping[str, str]
+    run_id: str | None
+    run: RunFacts | None
+    run_problem: str | None = None  # why the run could not be read
+
+
+@dataclass(frozen=True)
+class Facts:
+    candidate: VersionFacts
+    target: Target
+    # The current holder of each target a compare_to rule names (None: nobody holds it).
+    holders: Mapping[Target, VersionFacts | None]
+
+
+@dataclass(frozen=True)
+class Check:
+    policy: str
+    check: str
+    passed: bool
+    actual: Any
+    required: str
+    message: str
+    enforced: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    approved: bool
+    target: Target
+    policies: tuple[str, ...]
+    checks: tuple[Check, ...]
+    reason: str
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+
+def evaluate(facts: Facts, policies: Sequence[Policy]) -> Decision:
+    """Decide whether `facts.candidate` may hold `facts.target` under every covering policy."""
+    target = facts.target
+    if not target.name:
+        return Decision(
+            approved=False,
+            target=target,
+            policies=(),
+            checks=(),
+            reason=(
+                "Rejected: the request names no target; set governance.request to an alias "
+                "(e.g. champion) or a stage (Staging, Production)."
+            ),
+        )
+    if not policies:
+        return Decision(
+            approved=False,
+            target=target,
+            policies=(),
+            checks=(),
+            reason=(
+                f"Rejected for {target.kind} '{target}': no policy covers it for model "
+                f"'{facts.candidate.model}', so the gate refuses it (fail closed); add a policy "
+                "for this target to the policy file to allow promotions to it."
+            ),
+        )
+    checks = tuple(_check(rule, facts, policy) for policy in policies for rule in policy.rules)
+    names = ", ".join(p.name for p in policies)
+    blocking = [c for c in checks if c.enforced and not c.passed]
+    audited = [c for c in checks if not c.enforced and not c.passed]
+    if blocking:
+        reason = (
+            f"Rejected for {target.kind} '{target}': "
+            + "; ".join(c.message for c in blocking)
+            + f" (policy {names})."
+        )
+    else:
+        reason = f"Approved for {target.kind} '{target}': {len(checks) - len(audited)} of " + (
+            f"{len(checks)} checks passed (policy {names})."
+        )
+        if audited:
+            reason += " Audit only, not enforced: " + "; ".join(c.message for c in audited) + "."
+    return Decision(
+        approved=not blocking,
+        target=target,
+        policies=tuple(p.name for p in policies),
+        checks=checks,
+        reason=reason,
+    )
+
+
+def _check(rule: Rule, facts: Facts, policy: Policy) -> Check:
+    enforced = policy.mode == "enforce"
+    if isinstance(rule, MetricRule):
+        return _metric_check(rule, facts.candidate, policy.name, enforced)
+    if isinstance(rule, TagsRule):
+        return _tags_check(rule, facts.candidate, policy.name, enforced)
+    if isinstance(rule, DescriptionRule):
+        text = facts.candidate.description.strip()
+        return Check(
+            policy=policy.name,
+            check="description",
+            passed=bool(text),
+            actual="present" if text else "missing",
+            required="a non-empty description",
+            message="the version has a description" if text else "the version has no description",
+            enforced=enforced,
+        )
+    return _compare_check(rule, facts, policy.name, enforced)
+
+
+def _metric_value(version: VersionFacts, metric: str) -> tuple[float | None, str]:
+    """The metric's value, or None and the reason it is not available."""
+    if version.run_id is None:
+        return None, f"version {version.version} has no run, so {metric} is unknown"
+    if version.run is None:
+        problem = version.run_problem or "it could not be read"
+        return None, f"run {version.run_id} of version {version.version}: {problem}"
+    if metric not in version.run.metrics:
+        return None, f"{metric} is not logged in run {version.run_id} of version {version.version}"
+    return version.run.metrics[metric], ""
+
+
+def _metric_check(rule: MetricRule, candidate: VersionFacts, policy: str, enforced: bool) -> Check:
+    bounds = []
+    if rule.min is not None:
+        bounds.append(f">= {_num(rule.min)}")
+    if rule.max is not None:
+        bounds.append(f"<= {_num(rule.max)}")
+    required = " and ".join(bounds)
+    name = f"metric {rule.metric}"
+    value, problem = _metric_value(candidate, rule.metric)
+    if value is None:
+        message = f"{problem} (required {required})"
+        return Check(policy, name, False, None, required, message, enforced)
+    if rule.min is not None and value < rule.min:
+        message = f"{rule.metric} is {_num(value)}, below the minimum {_num(rule.min)}"
+        return Check(policy, name, False, value, required, message, enforced)
+    if rule.max is not None and value > rule.max:
+        message = f"{rule.metric} is {_num(value)}, above the maximum {_num(rule.max)}"
+        return Check(policy, name, False, value, required, message, enforced)
+    message = f"{rule.metric} is {_num(value)} (required {required})"
+    return Check(policy, name, True, value, required, message, enforced)
+
+
+def _tags_check(rule: TagsRule, candidate: VersionFacts, policy: str, enforced: bool) -> Check:
+    run_tags = candidate.run.tags if candidate.run is not None else {}
+    missing = [t for t in rule.tags if t not in candidate.tags and t not in run_tags]
+    required = ", ".join(rule.tags)
+    if missing:
+        plural = "tags" if len(missing) > 1 else "tag"
+        message = f"required {plural} {', '.join(missing)} missing on the version and its run"
+        return Check(policy, "tags", False, {"missing": missing}, required, message, enforced)
+    return Check(
+        policy, "tags", True, {"missing": []}, required, f"tags {required} present", enforced
+    )
+
+
+def _compare_check(rule: CompareRule, facts: Facts, policy: str, enforced: bool) -> Check:
+    name = f"compare_to {rule.compare_to} on {rule.metric}"
+    sign = ">=" if rule.greater_is_better else "<="
+    delta = rule.min_delta if rule.greater_is_better else -rule.min_delta
+    holder = facts.holders.get(rule.compare_to)
+    candidate = facts.candidate
+    value, problem = _metric_value(candidate, rule.metric)
+    if holder is None or holder.version == candidate.version:
+        who = "nobody" if holder is None else "this version"
+        if value is None:
+            required = f"{rule.metric} logged"
+            return Check(policy, name, False, None, required, problem, enforced)
+        message = f"{who} holds {rule.compare_to} yet, nothing to compare {rule.metric} against"
+        return Check(policy, name, True, value, "no current holder", message, enforced)
+    held, held_problem = _metric_value(holder, rule.metric)
+    if held is None:
+        message = f"current {rule.compare_to} (version {holder.version}): {held_problem}"
+        required = f"{rule.metric} on both versions"
+        return Check(
+            policy,
+            name,
+            value is not None,
+            value,
+            required,
+            message if value is not None else problem,
+            enforced,
+        )
+    bound = held + delta
+    required = f"{sign} {_num(bound)} (version {holder.version} has {_num(held)})"
+    if value is None:
+        return Check(
+            policy, name, False, None, required, f"{problem} (required {required})", enforced
+        )
+    passed = value >= bound if rule.greater_is_better else value <= bound
+    worse = "below" if rule.greater_is_better else "above"
+    message = (
+        f"{rule.metric} is {_num(value)}, {'not ' if passed else ''}{worse} current "
+        f"{rule.compare_to} (version {holder.version}: {_num(held)}"
+        + (f", min_delta {_num(rule.min_delta)}" if rule.min_delta else "")
+        + ")"
+    )
+    return Check(policy, name, passed, value, required, message, enforced)
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}"

@@ -1,0 +1,140 @@
+"""Events the gate acts on, and the parsing of MLflow's webhook payloads into them.
+
+The event names only what to reconcile (a model, and a version or an alias): the worker always
+reads the current state from MLflow, so a duplicate or a late event does no harm.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+from shared import tags
+from shared.errors import EventError
+
+
+class Kind(str, Enum):
+    REQUEST = "request"  # governance.request was set on a version
+    ALIAS_CREATED = "alias_created"  # an alias was set (by anyone, the gate included)
+    ALIAS_DELETED = "alias_deleted"
+
+
+@dataclass(frozen=True)
+class GateEvent:
+    event_id: str
+    source: str  # "mlflow"
+    kind: Kind
+    model: str
+    version: str | None  # the version the event named, if any
+    target: str | None  # the requested target, or the alias
+    received_at: float  # Unix time at the receiver
+    webhook_event: str  # e.g. "model_version_tag.set"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GateEvent:
+        if not isinstance(data, dict):
+            raise EventError(f"an event must be a JSON object, not {type(data).__name__}")
+        try:
+            return cls(
+                event_id=_str(data, "event_id"),
+                source=_str(data, "source"),
+                kind=Kind(data.get("kind")),
+                model=_str(data, "model"),
+                version=_opt_str(data, "version"),
+                target=_opt_str(data, "target"),
+                received_at=float(data.get("received_at", 0.0)),
+                webhook_event=_str(data, "webhook_event"),
+            )
+        except (ValueError, TypeError) as exc:
+            raise EventError(f"malformed event {data.get('event_id')!r}: {exc}") from None
+
+
+# The MLflow webhook events the gate subscribes to.
+SUBSCRIBED = ("model_version_tag.set", "model_version_alias.created", "model_version_alias.deleted")
+
+
+def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> GateEvent | None:
+    """Turn a webhook body into an event, or None for what the gate does not act on.
+
+    Raises EventError, with the field at fault, for a body that is not a webhook at all.
+    """
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise EventError("body must be a JSON object with 'entity', 'action' and 'data'")
+    entity, action = _str(payload, "entity"), _str(payload, "action")
+    name = f"{entity}.{action}"
+    if name not in SUBSCRIBED:
+        return None
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise EventError("field 'data' is missing or not an object")
+    model = _str(data, "name", where="data.")
+    common = {"event_id": event_id, "source": "mlflow", "model": model}
+    if name == "model_version_tag.set":
+        if _str(data, "key", where="data.") != tags.REQUEST:
+            return None  # any other tag, the gate's own decision tags included: no loop
+        return GateEvent(
+            **common,
+            kind=Kind.REQUEST,
+            version=_version(data),
+            target=_str(data, "value", where="data.", allow_empty=True),
+            received_at=received_at,
+            webhook_event=name,
+        )
+    alias = _str(data, "alias", where="data.")
+    if name == "model_version_alias.created":
+        return GateEvent(
+            **common,
+            kind=Kind.ALIAS_CREATED,
+            version=_version(data),
+            target=alias,
+            received_at=received_at,
+            webhook_event=name,
+        )
+    return GateEvent(
+        **common,
+        kind=Kind.ALIAS_DELETED,
+        version=None,
+        target=alias,
+        received_at=received_at,
+        webhook_event=name,
+    )
+
+
+def _str(data: dict[str, Any], key: str, *, where: str = "", allow_empty: bool = False) -> str:
+    value = data.get(key)
+    if value is None:
+        raise EventError(f"field '{where}{key}' is missing")
+    if not isinstance(value, str):
+        raise EventError(f"field '{where}{key}' must be a string, not {type(value).__name__}")
+    if not value and not allow_empty:
+        raise EventError(f"field '{where}{key}' is empty")
+    return value
+
+
+def _opt_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"field '{key}' must be a string or null")
+    return value
+
+
+def _version(data: dict[str, Any]) -> str:
+    value = data.get("version")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.isdigit() or not value.isascii():
+        raise EventError(f"field 'data.version' must be a version number, not {value!r}")
+    return str(int(value))

@@ -1,0 +1,40 @@
+"""Every Redis key and queue name the gate uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "gate"
+
+# The Celery queue and task that carry events from the receiver to the workers.
+QUEUE = "gate.events"
+TASK_RECONCILE = "gate.reconcile"
+
+# Bounded audit trail of decisions (newest first): enough for operators, never unbounded.
+DECISIONS = f"{PREFIX}:decisions"
+DECISIONS_MAX = 10_000
+
+# Dead letters: a hash of id -> entry, and a sorted set of ids by time of the last failure.
+DEADLETTER = f"{PREFIX}:deadletter"
+DEADLETTER_INDEX = f"{PREFIX}:deadletter:index"
+
+# How long a "pending" delivery marker lives: long enough to cover one enqueue, short enough
+# that a receiver that died mid-request does not block MLflow's retry for long.
+DELIVERY_PENDING_TTL_SECONDS = 30
+
+# A finished event is remembered for a day, so a redelivered Celery message is a no-op.
+DONE_TTL_SECONDS = 86_400
+
+# Decisions for one model are serialised; the lock outlives any single reconcile.
+MODEL_LOCK_TTL_SECONDS = 120
+
+
+def delivery(source: str, delivery_id: str) -> str:
+    """Marks a webhook delivery as seen: MLflow's own retries resend the same delivery id."""
+    return f"{PREFIX}:delivery:{source}:{delivery_id}"
+
+
+def done(event_id: str) -> str:
+    return f"{PREFIX}:done:{event_id}"
+
+
+def model_lock(model: str) -> str:
+    return f"{PREFIX}:lock:model:{model}"

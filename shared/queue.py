@@ -1,0 +1,46 @@
+"""The Celery app both sides share: the receiver publishes to it, the workers consume from it.
+
+Configured for at-least-once delivery on Redis: a message is acknowledged only after its task
+has finished (or dead-lettered it), and goes back to the queue if the worker process dies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shared import keys
+from shared.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    # On the Redis transport a message not acknowledged within the visibility timeout is
+    # delivered again, and a countdown longer than it runs twice: keep it well above both the
+    # longest backoff and the longest task.
+    visibility = max(3600.0, settings.retry_backoff_max_seconds * 2 + 600)
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 2,
+        },
+        "task_default_queue": keys.QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("mlflow_gate")
+    app.conf.update(celery_config(settings))
+    return app

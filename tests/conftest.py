@@ -1,0 +1,1 @@
+"""Shared test configuration: `harness` (real processes) is importable from every test."""
