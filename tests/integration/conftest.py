@@ -25,6 +25,8 @@ from harness import ManagedProcess, free_port, start_mlflow_server, start_redis,
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 SECRET = "integration-secret"
 
 POLICY = """
@@ -89,7 +91,7 @@ class Stack:
             for key, value in (metrics or {}).items():
                 self.client.log_metric(run_id, key, value)
             self.client.set_terminated(run_id)
-        source = f"runs:/{run_id}/model" if run_id else f"file://{self.workdir}/models/{model}"
+        source = f"runs:/{run_id}/model" if run_id else f"s3://models-without-runs/{model}"
         return self.client.create_model_version(
             model, source=source, run_id=run_id, description=description
         )
@@ -111,7 +113,9 @@ class Stack:
     def decisions(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         entries = [json.loads(raw) for raw in self.redis.lrange("gate:decisions", 0, -1)]
         return [
-            e for e in entries if e["model"] == model and (version is None or e["version"] == version)
+            e
+            for e in entries
+            if e["model"] == model and (version is None or e["version"] == version)
         ]
 
     def alias_version(self, model: str, alias: str) -> str | None:
@@ -155,8 +159,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         port = free_port()
         receiver_url = f"http://127.0.0.1:{port}"
         processes["receiver"] = ManagedProcess.start(
-            [*gate_command(), "receiver", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
+            [
+                *gate_command(),
+                "receiver",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
             env,
             workdir / "receiver.log",
         )
@@ -164,9 +176,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         processes["worker"] = ManagedProcess.start(
             [*gate_command(), "worker", "--concurrency", "2"], env, workdir / "worker.log"
         )
-        wait_until(
-            lambda: "ready." in processes["worker"].log_tail(20000), 60, what="the worker"
-        )
+        wait_until(lambda: "ready." in processes["worker"].log_tail(20000), 60, what="the worker")
         stack = Stack(
             workdir=workdir,
             mlflow_uri=mlflow_uri,
