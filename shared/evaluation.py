@@ -6,6 +6,7 @@ its own reason, never a pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -146,7 +147,10 @@ def _metric_value(version: VersionFacts, metric: str) -> tuple[float | None, str
         return None, f"run {version.run_id} of version {version.version}: {problem}"
     if metric not in version.run.metrics:
         return None, f"{metric} is not logged in run {version.run_id} of version {version.version}"
-    return version.run.metrics[metric], ""
+    value = version.run.metrics[metric]
+    if not math.isfinite(value):
+        return None, f"{metric} is {value} in run {version.run_id}, not a usable number"
+    return value, ""
 
 
 def _metric_check(rule: MetricRule, candidate: VersionFacts, policy: str, enforced: bool) -> Check:
@@ -161,10 +165,10 @@ def _metric_check(rule: MetricRule, candidate: VersionFacts, policy: str, enforc
     if value is None:
         message = f"{problem} (required {required})"
         return Check(policy, name, False, None, required, message, enforced)
-    if rule.min is not None and value < rule.min:
+    if rule.min is not None and value < rule.min and not _same(value, rule.min):
         message = f"{rule.metric} is {_num(value)}, below the minimum {_num(rule.min)}"
         return Check(policy, name, False, value, required, message, enforced)
-    if rule.max is not None and value > rule.max:
+    if rule.max is not None and value > rule.max and not _same(value, rule.max):
         message = f"{rule.metric} is {_num(value)}, above the maximum {_num(rule.max)}"
         return Check(policy, name, False, value, required, message, enforced)
     message = f"{rule.metric} is {_num(value)} (required {required})"
@@ -177,7 +181,10 @@ def _tags_check(rule: TagsRule, candidate: VersionFacts, policy: str, enforced: 
     required = ", ".join(rule.tags)
     if missing:
         plural = "tags" if len(missing) > 1 else "tag"
-        message = f"required {plural} {', '.join(missing)} missing on the version and its run"
+        where = "the version and its run" if candidate.run is not None else "the version"
+        if candidate.run is None and candidate.run_id is not None:
+            where += f" (run {candidate.run_id} could not be read)"
+        message = f"required {plural} {', '.join(missing)} missing on {where}"
         return Check(policy, "tags", False, {"missing": missing}, required, message, enforced)
     return Check(
         policy, "tags", True, {"missing": []}, required, f"tags {required} present", enforced
@@ -188,7 +195,10 @@ def _compare_check(rule: CompareRule, facts: Facts, policy: str, enforced: bool)
     name = f"compare_to {rule.compare_to} on {rule.metric}"
     sign = ">=" if rule.greater_is_better else "<="
     delta = rule.min_delta if rule.greater_is_better else -rule.min_delta
-    holder = facts.holders.get(rule.compare_to)
+    if rule.compare_to not in facts.holders:  # fail closed: the facts are incomplete
+        message = f"the current holder of {rule.compare_to} is unknown"
+        return Check(policy, name, False, None, f"{rule.metric} compared", message, enforced)
+    holder = facts.holders[rule.compare_to]
     candidate = facts.candidate
     value, problem = _metric_value(candidate, rule.metric)
     if holder is None or holder.version == candidate.version:
@@ -217,7 +227,8 @@ def _compare_check(rule: CompareRule, facts: Facts, policy: str, enforced: bool)
         return Check(
             policy, name, False, None, required, f"{problem} (required {required})", enforced
         )
-    passed = value >= bound if rule.greater_is_better else value <= bound
+    # Tolerant at the boundary: 0.8 + 0.05 is 0.8500000000000001 in binary floats.
+    passed = _same(value, bound) or (value >= bound if rule.greater_is_better else value <= bound)
     worse = "below" if rule.greater_is_better else "above"
     message = (
         f"{rule.metric} is {_num(value)}, {'not ' if passed else ''}{worse} current "
@@ -229,4 +240,8 @@ def _compare_check(rule: CompareRule, facts: Facts, policy: str, enforced: bool)
 
 
 def _num(value: float) -> str:
-    return f"{value:.6g}"
+    return f"{value:.10g}"
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)

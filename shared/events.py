@@ -67,8 +67,8 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
     """
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(f"body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise EventError(f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(payload, dict):
         raise EventError("body must be a JSON object with 'entity', 'action' and 'data'")
     entity, action = _str(payload, "entity"), _str(payload, "action")
@@ -135,6 +135,6 @@ def _version(data: dict[str, Any]) -> str:
     value = data.get("version")
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value.isdigit() or not value.isascii():
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 18:
         raise EventError(f"field 'data.version' must be a version number, not {value!r}")
     return str(int(value))

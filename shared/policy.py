@@ -6,7 +6,9 @@ a file is reported with its line, so that a bad file stops the process before it
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,8 @@ def load_policies(path: Path | None) -> PolicySet:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"GATE_POLICY_FILE={path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     return parse_policies(text, source=str(path))
 
 
@@ -254,7 +258,10 @@ class _Reader:
     def scalar(self, node: yaml.Node, key: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, f"'{key}' must be a single value")
-        return yaml.SafeLoader("").construct_object(node)
+        try:
+            return yaml.SafeLoader("").construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise self.fail(node, f"'{key}' has a value YAML cannot read: {exc}") from None
 
     def string(self, node: yaml.Node, key: str) -> str:
         value = self.scalar(node, key)
@@ -272,12 +279,12 @@ class _Reader:
     def number(self, node: yaml.Node, key: str) -> float:
         value = self.scalar(node, key)
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(node, f"'{key}' must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise self.fail(node, f"'{key}' must be a finite number, not {value!r}")
         return float(value)
 
     def boolean(self, node: yaml.Node, key: str) -> bool:

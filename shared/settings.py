@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class Settings:
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff before retry number `attempt` (1-based), without jitter."""
-        delay = self.retry_backoff_seconds * (2 ** max(attempt - 1, 0))
+        delay = self.retry_backoff_seconds * (2 ** min(max(attempt - 1, 0), 62))
         return float(min(delay, self.retry_backoff_max_seconds))
 
 
@@ -115,6 +116,8 @@ def _number(
     except ValueError:
         kind = "a whole number" if whole else "a number"
         raise ConfigError(f"{name}={raw!r} is not {kind}; e.g. {name}={default:g}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number; e.g. {name}={default:g}")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} is below the minimum of {minimum:g}")
     return value

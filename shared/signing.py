@@ -41,10 +41,9 @@ def verify(
         raise SignatureError(f"missing {DELIVERY_ID_HEADER} header")
     if not timestamp:
         raise SignatureError(f"missing {TIMESTAMP_HEADER} header")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise SignatureError(f"{TIMESTAMP_HEADER} is not a Unix timestamp") from None
+    if len(timestamp) > 12 or not timestamp.isascii() or not timestamp.isdigit():
+        raise SignatureError(f"{TIMESTAMP_HEADER} is not a Unix timestamp in seconds")
+    sent_at = int(timestamp)
     if abs(now - sent_at) > tolerance:
         raise SignatureError(
             f"{TIMESTAMP_HEADER} is {int(now - sent_at)} s off this server's clock (more than "

@@ -189,7 +189,6 @@ def _envelope(**fields: Any) -> bytes:
     return json.dumps(payload).encode()
 
 
-
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -266,43 +265,21 @@ def test_a_subscribed_event_with_a_bad_field_names_the_field(
     assert message in str(excinfo.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: shared/events.py parse_mlflow_webhook() catches only UnicodeDecodeError and "
-        "JSONDecodeError from json.loads; deeply nested JSON raises RecursionError (the receiver "
-        "answers 500, not 400)"
-    ),
-)
 def test_deeply_nested_json_is_an_event_error() -> None:
     body = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(EventError):
         parse(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: shared/events.py parse_mlflow_webhook(): json.loads raises a plain ValueError for "
-        "an integer literal over 4300 digits (sys.int_max_str_digits), which is not caught"
-    ),
-)
 def test_a_json_integer_too_long_to_convert_is_an_event_error() -> None:
     body = b'{"entity": "model_version_tag", "action": ' + b"1" * 5000 + b"}"
     with pytest.raises(EventError):
         parse(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: shared/events.py _version() does str(int(value)) on a digit string; over 4300 "
-        "digits int() raises ValueError, not EventError"
-    ),
-)
 def test_a_version_string_too_long_to_convert_is_an_event_error() -> None:
     body = webhook("model_version_tag", "set", tag_set(version="1" * 5000))
-    with pytest.raises(EventError, match="data.version"):
+    with pytest.raises(EventError, match=r"data\.version"):
         parse(body)
 
 
@@ -312,10 +289,24 @@ EVENTS = [
     GateEvent("d-1", "mlflow", Kind.REQUEST, "m", "3", "champion", 1.5, "model_version_tag.set"),
     GateEvent("d-2", "mlflow", Kind.REQUEST, "m", "3", "", 0.0, "model_version_tag.set"),
     GateEvent(
-        "d-3", "mlflow", Kind.ALIAS_CREATED, "m", "4", "champion", 2.0, "model_version_alias.created"
+        "d-3",
+        "mlflow",
+        Kind.ALIAS_CREATED,
+        "m",
+        "4",
+        "champion",
+        2.0,
+        "model_version_alias.created",
     ),
     GateEvent(
-        "d-4", "mlflow", Kind.ALIAS_DELETED, "m", None, "champion", 3.0, "model_version_alias.deleted"
+        "d-4",
+        "mlflow",
+        Kind.ALIAS_DELETED,
+        "m",
+        None,
+        "champion",
+        3.0,
+        "model_version_alias.deleted",
     ),
 ]
 
@@ -386,19 +377,19 @@ def _outcome_is_allowed(body: bytes) -> None:
     assert result is None or isinstance(result, GateEvent)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(body=st.binary(max_size=512))
 def test_arbitrary_bytes_give_none_an_event_or_an_event_error(body: bytes) -> None:
     _outcome_is_allowed(body)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(value=json_values)
 def test_arbitrary_json_gives_none_an_event_or_an_event_error(value: Any) -> None:
     _outcome_is_allowed(json.dumps(value).encode())
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(
     name=st.sampled_from(SUBSCRIBED),
     data=st.dictionaries(
