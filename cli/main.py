@@ -4,12 +4,16 @@ down; a bad setting or policy file stops it with a message, never a traceback.""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import redis
 
 from shared.errors import ConfigError, GateError
 from shared.settings import Settings
@@ -27,6 +31,9 @@ def friendly_errors(func: F) -> F:
             sys.exit(2)
         except GateError as exc:
             click.echo(f"mlflow-gate: {exc}", err=True)
+            sys.exit(2)
+        except redis.RedisError as exc:
+            click.echo(f"mlflow-gate: Redis at GATE_REDIS_URL did not answer: {exc}", err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
@@ -67,8 +74,11 @@ def receiver(host: str, port: int, workers: int, threads: int) -> None:
     show_default=True,
     type=click.Choice(["prefork", "solo", "threads"]),
 )
+@click.option(
+    "--beat", is_flag=True, help="also run the periodic sweep and redrive (in one worker only)"
+)
 @friendly_errors
-def worker(concurrency: int, pool: str) -> None:
+def worker(concurrency: int, pool: str, beat: bool) -> None:
     """Run a Celery worker that decides the queued events."""
     from shared import keys
     from shared.policy import load_policies
@@ -79,26 +89,24 @@ def worker(concurrency: int, pool: str) -> None:
     policies = load_policies(settings.policy_file)
     runtime.install(runtime.Runtime(settings, policies))
     app = create_celery(settings)
-    import worker.tasks  # noqa: F401  (registers the task on the app)
+    import worker.tasks  # noqa: F401  (registers the tasks on the app)
 
     click.echo(
         f"mlflow-gate worker: {len(policies.policies)} policies from {policies.source}; "
         f"MLflow at {settings.mlflow_tracking_uri}; queue {keys.QUEUE}"
     )
-    app.worker_main(
-        [
-            "worker",
-            f"--loglevel={settings.log_level}",
-            "-Q",
-            keys.QUEUE,
-            "-c",
-            str(concurrency),
-            "-P",
-            pool,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    argv = ["worker", f"--loglevel={settings.log_level}", "-Q", keys.QUEUE]
+    argv += ["-c", str(concurrency), "-P", pool, "--without-gossip", "--without-mingle"]
+    if beat:
+        schedule = Path(tempfile.gettempdir()) / f"mlflow-gate-beat-{os.getpid()}"
+        argv += ["--beat", f"--schedule={schedule}"]
+        redrive = (
+            f"every {settings.redrive_interval_seconds:g} s" if settings.redrive_enabled else "off"
+        )
+        click.echo(
+            f"periodic: sweep every {settings.sweep_interval_seconds:g} s; redrive {redrive}"
+        )
+    app.worker_main(argv)
 
 
 @main.group()
@@ -132,6 +140,79 @@ def explain(model: str, version: str, target: str) -> None:
 @main.group()
 def policy() -> None:
     """Work with policy files."""
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge the dead-letter store."""
+
+
+def _filters(func: F) -> F:
+    func = click.option("--since", help="failed within (30m, 2h, 1d) or after an ISO time")(func)
+    func = click.option("--error", help="error class or message contains this")(func)
+    return click.option("--model", help="model name (glob)")(func)
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@_filters
+@friendly_errors
+def dlq_list(as_json: bool, model: str | None, error: str | None, since: str | None) -> None:
+    """A table of dead letters: id, model, version, event, error, attempts, age."""
+    from cli import dlq as commands
+
+    commands.list_entries(load_settings(), as_json=as_json, model=model, error=error, since=since)
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+@friendly_errors
+def dlq_show(entry_id: str) -> None:
+    """One dead letter in full: the original event, the error, the attempts."""
+    from cli import dlq as commands
+
+    commands.show(load_settings(), entry_id)
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="every dead letter the filters match")
+@_filters
+@click.option("--dry-run", is_flag=True, help="say what would be replayed, do nothing")
+@friendly_errors
+def dlq_replay(
+    ids: tuple[str, ...],
+    replay_all: bool,
+    model: str | None,
+    error: str | None,
+    since: str | None,
+    dry_run: bool,
+) -> None:
+    """Re-enqueue dead letters; each is removed only once its enqueue succeeded."""
+    from cli import dlq as commands
+
+    settings = load_settings()
+    sys.exit(
+        commands.replay_entries(
+            settings,
+            ids,
+            replay_all=replay_all,
+            model=model,
+            error=error,
+            since=since,
+            dry_run=dry_run,
+        )
+    )
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@friendly_errors
+def dlq_purge(yes: bool) -> None:
+    """Delete every dead letter (asks first)."""
+    from cli import dlq as commands
+
+    commands.purge(load_settings(), yes=yes)
 
 
 @policy.command("check")

@@ -11,11 +11,13 @@ import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from receiver.intake import Accepted, Intake, Publish, QueueUnavailable
-from shared import keys, signing
+from receiver.admin import admin_blueprint
+from receiver.intake import Accepted, Intake, QueueUnavailable
+from shared import signing
+from shared.deadletter import DeadLetterStore
 from shared.errors import EventError, SignatureError
 from shared.events import parse_mlflow_webhook
-from shared.queue import create_celery
+from shared.queue import Publish, create_celery, publisher
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ def create_app(
     client = redis_client or redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=1
     )
-    intake = Intake(client, publish or _celery_publisher(settings), settings.dedupe_ttl_seconds)
+    publish = publish or publisher(create_celery(settings))
+    intake = Intake(client, publish, settings.dedupe_ttl_seconds)
 
     app = Flask("mlflow_gate.receiver")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -90,6 +93,11 @@ def create_app(
             return jsonify(status="unavailable", redis=f"unreachable: {exc}"), 503
         return jsonify(status="ok", redis="ok"), 200
 
+    if settings.admin_token:
+        app.register_blueprint(
+            admin_blueprint(settings.admin_token, DeadLetterStore(client), publish)
+        )
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
@@ -107,13 +115,3 @@ def _answer(
     if event_id is not None:
         body["event_id"] = event_id
     return jsonify(body), status
-
-
-def _celery_publisher(settings: Settings) -> Publish:
-    celery = create_celery(settings)
-
-    def publish(event: dict[str, Any]) -> None:
-        # No publish retries: if Redis cannot take it now, MLflow's retry is the one to wait.
-        celery.send_task(keys.TASK_RECONCILE, args=[event], queue=keys.QUEUE, retry=False)
-
-    return publish

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from enum import Enum
-from typing import Any
 
 import redis
 
 from shared import keys
 from shared.errors import TransientError
 from shared.events import GateEvent
-
-Publish = Callable[[dict[str, Any]], None]
+from shared.queue import Publish
 
 _PENDING = b"pending"
 

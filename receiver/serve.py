@@ -34,8 +34,8 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
         "threads": threads,
         "worker_class": "gthread" if threads > 1 else "sync",
         "timeout": 30,
-        "graceful_timeout": 10,
-        "keepalive": 5,
+        "graceful_timeout": 5,  # requests take milliseconds; idle keep-alives hold it open
+        "keepalive": 2,
         "accesslog": "-",
         "loglevel": settings.log_level.lower(),
     }

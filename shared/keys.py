@@ -7,6 +7,8 @@ PREFIX = "gate"
 # The Celery queue and task that carry events from the receiver to the workers.
 QUEUE = "gate.events"
 TASK_RECONCILE = "gate.reconcile"
+TASK_SWEEP = "gate.sweep"
+TASK_REDRIVE = "gate.redrive"
 
 # Bounded audit trail of decisions (newest first): enough for operators, never unbounded.
 DECISIONS = f"{PREFIX}:decisions"
@@ -23,8 +25,8 @@ DELIVERY_PENDING_TTL_SECONDS = 30
 # A finished event is remembered for a day, so a redelivered Celery message is a no-op.
 DONE_TTL_SECONDS = 86_400
 
-# Decisions for one model are serialised; the lock outlives any single reconcile.
-MODEL_LOCK_TTL_SECONDS = 120
+# How long a task waits for another decision on the same model before it retries later.
+MODEL_LOCK_WAIT_SECONDS = 5
 
 
 def delivery(source: str, delivery_id: str) -> str:
@@ -34,6 +36,14 @@ def delivery(source: str, delivery_id: str) -> str:
 
 def done(event_id: str) -> str:
     return f"{PREFIX}:done:{event_id}"
+
+
+# Counts the starts of one task message (per retry): more starts than one means its worker died.
+STARTS_TTL_SECONDS = 86_400
+
+
+def starts(task_id: str, retries: int) -> str:
+    return f"{PREFIX}:starts:{task_id}:{retries}"
 
 
 def model_lock(model: str) -> str:

@@ -6,6 +6,7 @@ has finished (or dead-lettered it), and goes back to the queue if the worker pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -37,10 +38,43 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
+        # Used by `mlflow-gate worker --beat`: the sweep finds what lost webhooks left undecided,
+        # the redrive replays transient dead letters once MLflow answers again.
+        "beat_schedule": _beat_schedule(settings),
     }
+
+
+def _beat_schedule(settings: Settings) -> dict[str, Any]:
+    schedule = {
+        "gate-sweep": {
+            "task": keys.TASK_SWEEP,
+            "schedule": settings.sweep_interval_seconds,
+            "options": {"queue": keys.QUEUE, "expires": settings.sweep_interval_seconds},
+        }
+    }
+    if settings.redrive_enabled:
+        schedule["gate-redrive"] = {
+            "task": keys.TASK_REDRIVE,
+            "schedule": settings.redrive_interval_seconds,
+            "options": {"queue": keys.QUEUE, "expires": settings.redrive_interval_seconds},
+        }
+    return schedule
 
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("mlflow_gate")
     app.conf.update(celery_config(settings))
     return app
+
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+def publisher(app: Celery) -> Publish:
+    """Send an event to the workers. No publish retries: the caller decides what a failure means
+    (the receiver answers 503 so that MLflow retries; a replay keeps the dead letter)."""
+
+    def publish(event: dict[str, Any]) -> None:
+        app.send_task(keys.TASK_RECONCILE, args=[event], queue=keys.QUEUE, retry=False)
+
+    return publish

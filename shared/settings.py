@@ -32,6 +32,16 @@ class Settings:
     retry_backoff_max_seconds: float = 300.0
     dedupe_ttl_seconds: int = 86_400
     log_level: str = "INFO"
+    admin_token: str | None = None
+    # A message redelivered this often because its worker died is dead-lettered (poison).
+    max_deliveries: int = 5
+    redrive_enabled: bool = True
+    redrive_interval_seconds: float = 60.0
+    redrive_batch: int = 50
+    sweep_interval_seconds: float = 300.0
+    # Decisions for one model are serialised by a lock that expires by itself, so that a worker
+    # killed while holding it blocks that model for this long at most. Longer than a reconcile.
+    model_lock_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +71,15 @@ class Settings:
                 _number(env, "GATE_DEDUPE_TTL_SECONDS", 86_400, minimum=1, whole=True)
             ),
             log_level=(env.get("GATE_LOG_LEVEL") or "INFO").upper(),
+            admin_token=env.get("GATE_ADMIN_TOKEN") or None,
+            max_deliveries=int(_number(env, "GATE_MAX_DELIVERIES", 5, minimum=1, whole=True)),
+            redrive_enabled=_bool(env, "GATE_REDRIVE_ENABLED", True),
+            redrive_interval_seconds=_number(
+                env, "GATE_REDRIVE_INTERVAL_SECONDS", 60.0, minimum=0.1
+            ),
+            redrive_batch=int(_number(env, "GATE_REDRIVE_BATCH", 50, minimum=1, whole=True)),
+            sweep_interval_seconds=_number(env, "GATE_SWEEP_INTERVAL_SECONDS", 300.0, minimum=0.1),
+            model_lock_seconds=_number(env, "GATE_MODEL_LOCK_SECONDS", 60.0, minimum=1),
         )
         if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
             raise ConfigError(

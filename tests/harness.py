@@ -25,6 +25,7 @@ from types import TracebackType
 import requests
 
 __all__ = [
+    "DelayProxy",
     "ManagedProcess",
     "free_port",
     "redis_server_binary",
@@ -376,3 +377,61 @@ def start_mlflow_server(
         proc.stop()
         raise
     return proc, base_url
+
+
+class DelayProxy:
+    """A real HTTP proxy on loopback that forwards to ``target`` after ``delay`` seconds.
+
+    It stands between a client and a real server (MLflow) to make the server slow, so that a
+    test can act while a request is in flight. ``delay`` can be changed while it runs.
+    """
+
+    def __init__(self, target: str, delay: float = 0.0) -> None:
+        import http.server
+        import threading
+
+        self.target = target.rstrip("/")
+        self.delay = delay
+        self.port = free_port()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                time.sleep(proxy.delay)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                try:
+                    upstream = requests.request(
+                        self.command, proxy.target + self.path, data=body, headers=headers,
+                        timeout=30,
+                    )  # fmt: skip
+                except requests.RequestException:
+                    self.send_error(502)
+                    return
+                self.send_response(upstream.status_code)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-encoding",
+                                           "content-length"):  # fmt: skip
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(upstream.content)))
+                self.end_headers()
+                self.wfile.write(upstream.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

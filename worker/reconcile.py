@@ -19,6 +19,7 @@ from shared.policy import PolicySet, Target
 from worker.decisions import DecisionLog, Record, record
 from worker.facts import gather, holder_version, tag_map
 from worker.mlflow_api import MlflowApi
+from worker.sweep import SWEEP_SOURCE, undecided
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,23 @@ class Reconciler:
     def handle(self, event: GateEvent) -> str:
         """Reconcile the event's subject; returns what was done, for the log."""
         if event.kind is Kind.REQUEST and event.version is not None:
-            return self.request(event.model, event.version, event.event_id)
+            from_sweep = event.source == SWEEP_SOURCE
+            return self.request(event.model, event.version, event.event_id, from_sweep)
         if event.kind in (Kind.ALIAS_CREATED, Kind.ALIAS_DELETED) and event.target:
             return self.alias(event.model, event.target, event.event_id)
         return f"nothing to do for {event.kind.value} without a version or alias"
 
-    def request(self, model: str, version: str, event_id: str) -> str:
+    def request(
+        self, model: str, version: str, event_id: str, only_if_undecided: bool = False
+    ) -> str:
         """Promotion by request: decide the version's current governance.request."""
         mv = self.api.get_model_version(model, version)
-        requested = tag_map(mv).get(tags.REQUEST)
+        version_tags = tag_map(mv)
+        requested = version_tags.get(tags.REQUEST)
         if requested is None:
             return f"{model} v{version} has no {tags.REQUEST} any more: nothing to decide"
+        if only_if_undecided and not undecided(version_tags):
+            return f"{model} v{version}: its request was decided meanwhile"
         target = Target.parse(requested)
         policies = self.policies.covering(model, target)
         decision = evaluate(gather(self.api, mv, target, policies), policies)

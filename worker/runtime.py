@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from shared.deadletter import DeadLetterStore
 from shared.policy import PolicySet
 from shared.settings import Settings
-from worker.deadletter import DeadLetterStore
 from worker.decisions import DecisionLog
 from worker.mlflow_api import MlflowApi
 from worker.reconcile import Reconciler

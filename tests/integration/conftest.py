@@ -13,8 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +51,91 @@ def gate_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "cli.main"]
 
 
-@dataclass
 class Stack:
-    workdir: Path
-    mlflow_uri: str
-    redis_url: str
-    receiver_url: str
-    env: dict[str, str]
-    client: MlflowClient
-    redis: redis.Redis
-    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    """MLflow, Redis, the receiver and workers on fixed loopback ports, each one stoppable and
+    restartable (on the same data and port) by the fault tests."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        redis_appendonly: bool = False,
+        mlflow_env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.redis_appendonly = redis_appendonly
+        self.mlflow_env = mlflow_env or {}
+        self.processes: dict[str, ManagedProcess] = {}
+        self.redis_port, self.mlflow_port, self.receiver_port = (free_port() for _ in range(3))
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
+        self.receiver_url = f"http://127.0.0.1:{self.receiver_port}"
+        policy = workdir / "policy.yaml"
+        policy.write_text(POLICY)
+        self.env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "GATE_REDIS_URL": self.redis_url,
+            "GATE_WEBHOOK_SECRET": SECRET,
+            "GATE_POLICY_FILE": str(policy),
+            "GATE_RETRY_MAX_ATTEMPTS": "3",
+            "GATE_RETRY_BACKOFF_SECONDS": "0.5",
+            "GATE_RETRY_BACKOFF_MAX_SECONDS": "1",
+            "GATE_MLFLOW_TIMEOUT_SECONDS": "5",
+            "GATE_REDRIVE_INTERVAL_SECONDS": "1",
+            "GATE_SWEEP_INTERVAL_SECONDS": "1",
+            "GATE_MODEL_LOCK_SECONDS": "4",
+        }
+        self.client = MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
+        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        self._starts = 0
+
+    # -- processes -------------------------------------------------------------------------
+    def up(self) -> Stack:
+        self.start_redis()
+        self.start_mlflow()
+        self.start_receiver()
+        self.start_worker()
+        self.gate("webhook", "register", "--url", f"{self.receiver_url}/webhooks/mlflow")
+        time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL=1: the server sees the new webhook
+        return self
+
+    def start_redis(self) -> None:
+        self.processes["redis"], _ = start_redis(
+            self.workdir, port=self.redis_port, appendonly=self.redis_appendonly
+        )
+
+    def start_mlflow(self) -> None:
+        self.processes["mlflow"], _ = start_mlflow_server(
+            self.workdir / "mlflow", port=self.mlflow_port, extra_env=self.mlflow_env
+        )
+
+    def start_receiver(self) -> None:
+        argv = ["receiver", "--host", "127.0.0.1", "--port", str(self.receiver_port)]
+        self.processes["receiver"] = self._start("receiver", [*argv, "--workers", "1"], self.env)
+        wait_until(lambda: _ok(f"{self.receiver_url}/healthz"), 30, what="the receiver")
+
+    def start_worker(
+        self, name: str = "worker", *, beat: bool = False, env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        argv = ["worker", "--concurrency", "2", *(["--beat"] if beat else [])]
+        proc = self._start(name, argv, {**self.env, **(env or {})})
+        wait_until(lambda: "ready." in proc.log_tail(20000), 60, what=f"{name}\n{self.logs()}")
+        self.processes[name] = proc
+        return proc
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
+        self._starts += 1
+        log = self.workdir / f"{name}-{self._starts}.log"
+        self.processes[name] = ManagedProcess.start([*gate_command(), *argv], env, log)
+        return self.processes[name]
+
+    def stop(self, name: str, timeout: float = 10) -> None:
+        self.processes[name].stop(timeout)
+
+    def close(self) -> None:
+        for proc in reversed(list(self.processes.values())):
+            proc.stop(timeout=3)
 
     def gate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -138,61 +212,28 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
-    processes: dict[str, ManagedProcess] = {}
+    """The stack most tests share; each test works on models of its own."""
+    shared = Stack(tmp_path_factory.mktemp("stack"))
     try:
-        processes["redis"], redis_url = start_redis(workdir)
-        processes["mlflow"], mlflow_uri = start_mlflow_server(workdir / "mlflow")
-        policy = workdir / "policy.yaml"
-        policy.write_text(POLICY)
-        env = {
-            **os.environ,
-            "MLFLOW_TRACKING_URI": mlflow_uri,
-            "GATE_REDIS_URL": redis_url,
-            "GATE_WEBHOOK_SECRET": SECRET,
-            "GATE_POLICY_FILE": str(policy),
-            "GATE_RETRY_MAX_ATTEMPTS": "3",
-            "GATE_RETRY_BACKOFF_SECONDS": "0.5",
-            "GATE_RETRY_BACKOFF_MAX_SECONDS": "1",
-            "GATE_MLFLOW_TIMEOUT_SECONDS": "5",
-        }
-        port = free_port()
-        receiver_url = f"http://127.0.0.1:{port}"
-        processes["receiver"] = ManagedProcess.start(
-            [
-                *gate_command(),
-                "receiver",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            env,
-            workdir / "receiver.log",
-        )
-        wait_until(lambda: _ok(f"{receiver_url}/readyz"), 30, what="the receiver")
-        processes["worker"] = ManagedProcess.start(
-            [*gate_command(), "worker", "--concurrency", "2"], env, workdir / "worker.log"
-        )
-        wait_until(lambda: "ready." in processes["worker"].log_tail(20000), 60, what="the worker")
-        stack = Stack(
-            workdir=workdir,
-            mlflow_uri=mlflow_uri,
-            redis_url=redis_url,
-            receiver_url=receiver_url,
-            env=env,
-            client=MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri),
-            redis=redis.Redis.from_url(redis_url, decode_responses=True),
-            processes=processes,
-        )
-        stack.gate("webhook", "register", "--url", f"{receiver_url}/webhooks/mlflow")
-        time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL=1: the server sees the new webhook
-        yield stack
+        yield shared.up()
     finally:
-        for proc in reversed(list(processes.values())):
-            proc.stop()
+        shared.close()
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """A stack of the test's own, for tests that stop and restart its parts."""
+    made: list[Stack] = []
+
+    def make(**options: Any) -> Stack:
+        made.append(Stack(tmp_path, **options))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for each in made:
+            each.close()
 
 
 def _ok(url: str) -> bool:

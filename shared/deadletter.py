@@ -6,15 +6,17 @@ writes here, before the message is acknowledged, everything an operator needs to
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
 
 from shared import keys
 from shared.errors import TransientError
+from shared.queue import Publish
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,68 @@ class DeadLetterStore:
         removed, _ = pipe.execute()
         return bool(removed)
 
+    def purge(self) -> int:
+        count = self.count()
+        self.client.delete(keys.DEADLETTER, keys.DEADLETTER_INDEX)
+        return count
+
     def count(self) -> int:
         return int(self.client.zcard(keys.DEADLETTER_INDEX))
 
 
 def _opt(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+@dataclass
+class ReplayReport:
+    replayed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (id, why)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self, dry_run: bool = False) -> str:
+        verb = "would replay" if dry_run else "replayed"
+        text = f"{verb} {len(self.replayed)}, failed {len(self.failed)}"
+        return text + (f", not found {len(self.missing)}" if self.missing else "")
+
+
+def select(
+    entries: list[DeadLetter],
+    *,
+    model: str | None = None,
+    error: str | None = None,
+    since: float | None = None,
+    transient_only: bool = False,
+) -> list[DeadLetter]:
+    """Filter dead letters: by model (glob), error class or message substring, failure time."""
+    return [
+        e
+        for e in entries
+        if (model is None or fnmatch.fnmatchcase(e.model or "", model))
+        and (error is None or error.lower() in f"{e.error_class} {e.error}".lower())
+        and (since is None or e.last_failure >= since)
+        and (not transient_only or e.transient)
+    ]
+
+
+def replay(
+    store: DeadLetterStore, publish: Publish, ids: list[str], *, dry_run: bool = False
+) -> ReplayReport:
+    """Re-enqueue each entry, and remove it only once the enqueue succeeded."""
+    report = ReplayReport()
+    for entry_id in ids:
+        entry = store.get(entry_id)
+        if entry is None:
+            report.missing.append(entry_id)
+            continue
+        if dry_run:
+            report.replayed.append(entry_id)
+            continue
+        try:
+            publish(entry.event)
+        except Exception as exc:  # kombu and redis raise many kinds; the entry stays
+            report.failed.append((entry_id, f"{type(exc).__name__}: {exc}"))
+            continue
+        store.remove(entry_id)
+        report.replayed.append(entry_id)
+    return report
