@@ -3,7 +3,7 @@ down; a bad setting or policy file stops it with a message, never a traceback.""
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import sys
 import tempfile
@@ -15,7 +15,10 @@ from typing import Any, TypeVar
 import click
 import redis
 
+from cli.up import click_options as up_options
+from shared import logs
 from shared.errors import ConfigError, GateError
+from shared.metrics import prepare_multiprocess_dir
 from shared.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,10 +44,7 @@ def friendly_errors(func: F) -> F:
 
 def load_settings() -> Settings:
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     return settings
 
 
@@ -60,10 +60,12 @@ def main() -> None:
 @click.option("--threads", default=4, show_default=True, type=int, help="threads per process")
 @friendly_errors
 def receiver(host: str, port: int, workers: int, threads: int) -> None:
-    """Serve POST /webhooks/mlflow (and /healthz, /readyz) with gunicorn."""
+    """Serve POST /webhooks/mlflow (and /healthz, /readyz, /metrics) with gunicorn."""
+    settings = load_settings()
+    prepare_multiprocess_dir("receiver")  # before prometheus_client is imported, or forks
     from receiver.serve import serve
 
-    serve(load_settings(), host=host, port=port, workers=workers, threads=threads)
+    serve(settings, host=host, port=port, workers=workers, threads=threads)
 
 
 @main.command()
@@ -80,16 +82,19 @@ def receiver(host: str, port: int, workers: int, threads: int) -> None:
 @friendly_errors
 def worker(concurrency: int, pool: str, beat: bool) -> None:
     """Run a Celery worker that decides the queued events."""
+    settings = load_settings()
+    prepare_multiprocess_dir("worker")  # before prometheus_client is imported, or forks
     from shared import keys
     from shared.policy import load_policies
     from shared.queue import create_celery
-    from worker import runtime
+    from worker import metrics, runtime
 
-    settings = load_settings()
     policies = load_policies(settings.policy_file)
     runtime.install(runtime.Runtime(settings, policies))
     app = create_celery(settings)
     import worker.tasks  # noqa: F401  (registers the tasks on the app)
+
+    metrics.serve(settings.worker_metrics_port)
 
     click.echo(
         f"mlflow-gate worker: {len(policies.policies)} policies from {policies.source}; "
@@ -117,12 +122,37 @@ def webhook() -> None:
 @webhook.command("register")
 @click.option("--url", required=True, help="the receiver's URL, ending in /webhooks/mlflow")
 @click.option("--name", default="mlflow-gate", show_default=True)
+@click.option(
+    "--databricks", is_flag=True, help="a Databricks registry webhook (GATE_DATABRICKS_*)"
+)
+@click.option("--model", help="with --databricks: only this model (default: every model)")
 @friendly_errors
-def webhook_register(url: str, name: str) -> None:
-    """Create, or update by name, the MLflow webhook with the secret and the gate's events."""
+def webhook_register(url: str, name: str, databricks: bool, model: str | None) -> None:
+    """Create, or update by name, the MLflow webhook with the secret and the gate's events;
+    with --databricks, create the workspace's registry webhook instead."""
+    if databricks:
+        from cli.databricks_webhooks import register as register_databricks
+
+        click.echo(register_databricks(load_settings(), url=url, model=model))
+        return
     from cli.webhooks import register
 
     click.echo(register(load_settings(), url=url, name=name))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--target", required=True, help="the alias (champion) or stage (Production)")
+@click.option("--reason", required=True, help="why; recorded with the decision")
+@click.option("--databricks", is_flag=True, help="a Databricks workspace model (a stage)")
+@friendly_errors
+def rollback(model: str, target: str, reason: str, databricks: bool) -> None:
+    """Put the alias or stage back on the previous version the gate approved. Exit 1 if there
+    is none."""
+    from cli.rollback import rollback as run
+
+    code = run(load_settings(), model, target, reason, databricks=databricks, echo=click.echo)
+    sys.exit(code)
 
 
 @main.command()
@@ -140,6 +170,65 @@ def explain(model: str, version: str, target: str) -> None:
 @main.group()
 def policy() -> None:
     """Work with policy files."""
+
+
+@main.command()
+@up_options
+@friendly_errors
+def up(
+    mlflow_uri: str | None,
+    demo: bool,
+    data_dir: Path,
+    mlflow_port: int,
+    receiver_port: int,
+    flower_port: int,
+    redis_port: int,
+) -> None:
+    """Start the whole stack on this machine: MLflow, Redis, receiver, worker, Flower."""
+    from cli.up import Options
+    from cli.up import up as run
+
+    options = Options(data_dir, mlflow_uri, mlflow_port, receiver_port, flower_port, redis_port,
+                      demo)  # fmt: skip
+    sys.exit(run(load_settings(), options, click.echo))
+
+
+@main.command("demo")
+@friendly_errors
+def demo_command() -> None:
+    """Against a running stack: a model with a version that passes and one that fails."""
+    from cli.demo import demo
+
+    sys.exit(demo(load_settings(), click.echo))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors
+def status(as_json: bool) -> None:
+    """Queue depth, tasks in flight, dead letters, workers, MLflow and Redis, last decisions.
+    Exit 1 when something is down."""
+    from cli.status import gather_status, print_status
+
+    report = gather_status(load_settings())
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_status(report)
+    sys.exit(0 if report["ok"] else 1)
+
+
+@main.command()
+@click.option("--model", help="only this model")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors
+def decisions(model: str | None, limit: int, as_json: bool) -> None:
+    """The audit trail of decisions, newest first: time, model, version, target, outcome,
+    reason, event id."""
+    from cli.status import decisions as show
+
+    show(load_settings(), model=model, limit=limit, as_json=as_json)
 
 
 @main.group()

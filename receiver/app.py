@@ -8,15 +8,20 @@ import time
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from receiver.admin import admin_blueprint
+from receiver.databricks import databricks_blueprint, databricks_enabled
 from receiver.intake import Accepted, Intake, QueueUnavailable
+from receiver.metrics import ACK_SECONDS, WEBHOOKS, QueueDepthCollector
 from shared import signing
 from shared.deadletter import DeadLetterStore
 from shared.errors import EventError, SignatureError
 from shared.events import parse_mlflow_webhook
+from shared.logs import event_context
+from shared.metrics import multiprocess_registry
 from shared.queue import Publish, create_celery, publisher
 from shared.settings import Settings
 
@@ -43,6 +48,27 @@ def create_app(
 
     app = Flask("mlflow_gate.receiver")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    depth = CollectorRegistry()
+    depth.register(QueueDepthCollector(client))
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count_webhook(response: Response) -> Response:
+        if request.path.startswith("/webhooks/"):
+            source = request.path.rsplit("/", 1)[-1]
+            body = response.get_json(silent=True)
+            outcome = body.get("status", "unknown") if isinstance(body, dict) else "unknown"
+            WEBHOOKS.labels(source, outcome).inc()
+            ACK_SECONDS.labels(source).observe(time.perf_counter() - g.get("started", 0.0))
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        text = generate_latest(multiprocess_registry()) + generate_latest(depth)
+        return Response(text, mimetype=CONTENT_TYPE_LATEST)
 
     @app.post("/webhooks/mlflow")
     def mlflow_webhook() -> tuple[Response, int]:
@@ -77,8 +103,11 @@ def create_app(
             )
             response.headers["Retry-After"] = RETRY_AFTER_SECONDS
             return response, status
-        if accepted is Accepted.DUPLICATE:
-            return _answer(200, "duplicate", "this delivery was already accepted", event_id)
+        with event_context(event.to_dict()):
+            if accepted is Accepted.DUPLICATE:
+                log.info("duplicate delivery dropped")
+                return _answer(200, "duplicate", "this delivery was already accepted", event_id)
+            log.info("accepted %s", event.webhook_event)
         return _answer(202, "accepted", f"{event.webhook_event} queued", event_id)
 
     @app.get("/healthz")
@@ -93,6 +122,8 @@ def create_app(
             return jsonify(status="unavailable", redis=f"unreachable: {exc}"), 503
         return jsonify(status="ok", redis="ok"), 200
 
+    if databricks_enabled(settings):
+        app.register_blueprint(databricks_blueprint(settings, intake))
     if settings.admin_token:
         app.register_blueprint(
             admin_blueprint(settings.admin_token, DeadLetterStore(client), publish)

@@ -8,6 +8,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from receiver.app import create_app
+from shared.metrics import mark_process_dead
 from shared.settings import Settings
 
 
@@ -38,5 +39,6 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
         "keepalive": 2,
         "accesslog": "-",
         "loglevel": settings.log_level.lower(),
+        "child_exit": lambda _arbiter, worker: mark_process_dead(worker.pid),
     }
     _Gunicorn(settings, options).run()

@@ -11,7 +11,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.policy import CompareRule, DescriptionRule, MetricRule, Policy, Rule, TagsRule, Target
+from shared.policy import (
+    CompareRule,
+    DescriptionRule,
+    FourEyesRule,
+    MaxAgeRule,
+    MetricRule,
+    Policy,
+    Rule,
+    TagsRule,
+    Target,
+)
+
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -19,6 +31,7 @@ class RunFacts:
     run_id: str
     metrics: Mapping[str, float]
     tags: Mapping[str, str]
+    start_time_ms: int | None = None  # when the run started (Unix milliseconds)
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class VersionFacts:
     run_id: str | None
     run: RunFacts | None
     run_problem: str | None = None  # why the run could not be read
+    created_by: str | None = None  # who created the version, if the registry says
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,10 @@ class Facts:
     target: Target
     # The current holder of each target a compare_to rule names (None: nobody holds it).
     holders: Mapping[Target, VersionFacts | None]
+    # Who asked for the promotion (None: unknown), for four_eyes rules.
+    requested_by: str | None = None
+    # The time of the decision (Unix milliseconds), for max_age_days rules; None: unknown.
+    now_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +153,70 @@ def _check(rule: Rule, facts: Facts, policy: Policy) -> Check:
             message="the version has a description" if text else "the version has no description",
             enforced=enforced,
         )
+    if isinstance(rule, FourEyesRule):
+        return _four_eyes_check(facts, policy.name, enforced)
+    if isinstance(rule, MaxAgeRule):
+        return _max_age_check(rule, facts, policy.name, enforced)
     return _compare_check(rule, facts, policy.name, enforced)
+
+
+def _four_eyes_check(facts: Facts, policy: str, enforced: bool) -> Check:
+    required = "requested by someone other than the version's creator"
+    version = facts.candidate.version
+    requester, creator = facts.requested_by, facts.candidate.created_by
+    if not requester:
+        message = (
+            f"four eyes: who requested the promotion of version {version} is unknown, so it "
+            "cannot be told apart from the creator (fail closed)"
+        )
+        return Check(policy, "four_eyes", False, None, required, message, enforced)
+    if not creator:
+        message = (
+            f"four eyes: who created version {version} is unknown (the registry recorded no "
+            f"user), so requester {requester} cannot be told apart from it (fail closed)"
+        )
+        actual = {"requested_by": requester, "created_by": None}
+        return Check(policy, "four_eyes", False, actual, required, message, enforced)
+    actual = {"requested_by": requester, "created_by": creator}
+    if requester.strip().lower() == creator.strip().lower():
+        message = (
+            f"four eyes: version {version} was requested by {requester}, who also created it; "
+            "someone else must request the promotion"
+        )
+        return Check(policy, "four_eyes", False, actual, required, message, enforced)
+    message = f"four eyes: requested by {requester}, created by {creator}"
+    return Check(policy, "four_eyes", True, actual, required, message, enforced)
+
+
+def _max_age_check(rule: MaxAgeRule, facts: Facts, policy: str, enforced: bool) -> Check:
+    name = "max_age_days"
+    required = f"run started at most {_num(rule.max_age_days)} days ago"
+    candidate, now = facts.candidate, facts.now_ms
+    start = candidate.run.start_time_ms if candidate.run is not None else None
+    problem = ""
+    if now is None:
+        problem = "the time of the decision is unknown"
+    elif candidate.run_id is None:
+        problem = f"version {candidate.version} has no run, so its age is unknown"
+    elif candidate.run is None:
+        problem = (
+            f"run {candidate.run_id} of version {candidate.version}: "
+            f"{candidate.run_problem or 'it could not be read'}"
+        )
+    elif start is None:
+        problem = f"run {candidate.run_id} of version {candidate.version} has no start time"
+    if problem or now is None or start is None:
+        return Check(policy, name, False, None, required, f"{problem} ({required})", enforced)
+    age = max(now - start, 0) / DAY_MS
+    actual = round(age, 2)
+    if age > rule.max_age_days:
+        message = (
+            f"run {candidate.run_id} of version {candidate.version} is {actual:g} days old, "
+            f"above the maximum {_num(rule.max_age_days)} days"
+        )
+        return Check(policy, name, False, actual, required, message, enforced)
+    message = f"run {candidate.run_id} is {actual:g} days old ({required})"
+    return Check(policy, name, True, actual, required, message, enforced)
 
 
 def _metric_value(version: VersionFacts, metric: str) -> tuple[float | None, str]:

@@ -19,18 +19,25 @@ class Kind(str, Enum):
     REQUEST = "request"  # governance.request was set on a version
     ALIAS_CREATED = "alias_created"  # an alias was set (by anyone, the gate included)
     ALIAS_DELETED = "alias_deleted"
+    # Databricks workspace registry (source "databricks"):
+    TRANSITION_REQUESTED = "transition_requested"  # a transition request was created
+    STAGE_TRANSITIONED = "stage_transitioned"  # a version was moved to a stage (by anyone)
+
+
+DATABRICKS_SOURCE = "databricks"
 
 
 @dataclass(frozen=True)
 class GateEvent:
     event_id: str
-    source: str  # "mlflow"
+    source: str  # "mlflow", "sweep", "databricks"
     kind: Kind
     model: str
     version: str | None  # the version the event named, if any
     target: str | None  # the requested target, or the alias
     received_at: float  # Unix time at the receiver
     webhook_event: str  # e.g. "model_version_tag.set"
+    from_stage: str | None = None  # Databricks: the stage a transitioned version came from
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -51,6 +58,7 @@ class GateEvent:
                 target=_opt_str(data, "target"),
                 received_at=float(data.get("received_at", 0.0)),
                 webhook_event=_str(data, "webhook_event"),
+                from_stage=_opt_str(data, "from_stage"),
             )
         except (ValueError, TypeError) as exc:
             raise EventError(f"malformed event {data.get('event_id')!r}: {exc}") from None

@@ -10,6 +10,9 @@ TASK_RECONCILE = "gate.reconcile"
 TASK_SWEEP = "gate.sweep"
 TASK_REDRIVE = "gate.redrive"
 
+# Where kombu's Redis transport keeps delivered, not yet acknowledged messages.
+UNACKED = "unacked"
+
 # Bounded audit trail of decisions (newest first): enough for operators, never unbounded.
 DECISIONS = f"{PREFIX}:decisions"
 DECISIONS_MAX = 10_000
@@ -48,3 +51,9 @@ def starts(task_id: str, retries: int) -> str:
 
 def model_lock(model: str) -> str:
     return f"{PREFIX}:lock:model:{model}"
+
+
+def databricks_approved(model: str, stage: str) -> str:
+    """The versions of a Databricks model the gate approved for a stage (a Redis set): a version
+    found in a governed stage without being in it was moved there outside the gate."""
+    return f"{PREFIX}:databricks:approved:{model}:{stage}"

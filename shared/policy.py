@@ -69,7 +69,19 @@ class CompareRule:
     greater_is_better: bool = True
 
 
-Rule = MetricRule | TagsRule | DescriptionRule | CompareRule
+@dataclass(frozen=True)
+class FourEyesRule:
+    """The person who requested the promotion must not be the one who created the version."""
+
+
+@dataclass(frozen=True)
+class MaxAgeRule:
+    """The version's run must have started at most this many days ago."""
+
+    max_age_days: float
+
+
+Rule = MetricRule | TagsRule | DescriptionRule | CompareRule | FourEyesRule | MaxAgeRule
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,12 @@ class Policy:
     targets: tuple[Target, ...]
     rules: tuple[Rule, ...]
     mode: Literal["enforce", "audit"] = "enforce"
+    # What to do about a version moved into a governed stage outside the gate (Databricks):
+    # report it as a violation, or also move it back to the stage it came from.
+    on_violation: Literal["report", "revert"] = "report"
+    # Whether approving a stage transition archives the versions already in that stage;
+    # None: the default, true for Production only.
+    archive_existing_versions: bool | None = None
 
     def covers(self, model: str, target: Target) -> bool:
         return target in self.targets and any(
@@ -97,6 +115,22 @@ class PolicySet:
     def governs(self, model: str, target: Target) -> bool:
         """A target that a policy covers is protected: only the gate may move it."""
         return any(p.covers(model, target) for p in self.policies)
+
+
+def archive_existing(policies: Sequence[Policy], target: Target) -> bool:
+    """Whether a transition to `target` archives the versions already there: what the covering
+    policies say (true wins if they disagree), else true for Production only."""
+    said = [
+        p.archive_existing_versions for p in policies if p.archive_existing_versions is not None
+    ]
+    if said:
+        return any(said)
+    return target.is_stage and target.name == "Production"
+
+
+def reverts_violations(policies: Sequence[Policy]) -> bool:
+    """Whether a covering policy asks to move back a version promoted outside the gate."""
+    return any(p.on_violation == "revert" for p in policies)
 
 
 BUILTIN = PolicySet(
@@ -160,7 +194,10 @@ class _Reader:
 
     def policy(self, node: yaml.Node) -> Policy:
         fields = self.mapping(
-            node, "a policy", required=("name", "targets", "rules"), optional=("models", "mode")
+            node,
+            "a policy",
+            required=("name", "targets", "rules"),
+            optional=("models", "mode", "on_violation", "archive_existing_versions"),
         )
         name = self.string(fields["name"], "name")
         models = self.strings(fields["models"], "models") if "models" in fields else ("*",)
@@ -172,12 +209,28 @@ class _Reader:
         if not isinstance(rules_node, yaml.SequenceNode) or not rules_node.value:
             raise self.fail(rules_node, f"policy '{name}': 'rules' must be a non-empty list")
         rules = tuple(self.rule(r, name) for r in rules_node.value)
+        on_violation = (
+            self.string(fields["on_violation"], "on_violation")
+            if "on_violation" in fields
+            else "report"
+        )
+        if on_violation not in ("report", "revert"):
+            raise self.fail(
+                fields["on_violation"], f"policy '{name}': on_violation must be report or revert"
+            )
+        archive = (
+            self.boolean(fields["archive_existing_versions"], "archive_existing_versions")
+            if "archive_existing_versions" in fields
+            else None
+        )
         return Policy(
             name=name,
             models=models,
             targets=targets,
             rules=rules,
             mode="audit" if mode == "audit" else "enforce",
+            on_violation="revert" if on_violation == "revert" else "report",
+            archive_existing_versions=archive,
         )
 
     def rule(self, node: yaml.Node, policy: str) -> Rule:
@@ -223,10 +276,27 @@ class _Reader:
             if self.string(f["description"], "description") != "required":
                 raise self.fail(f["description"], f"{where}: write 'description: required'")
             return DescriptionRule()
+        if "four_eyes" in keys:
+            f = self.mapping(
+                node, f"{where}: a four_eyes rule", required=("four_eyes",), optional=()
+            )
+            if self.boolean(f["four_eyes"], "four_eyes") is not True:
+                raise self.fail(
+                    f["four_eyes"], f"{where}: write 'four_eyes: true' or drop the rule"
+                )
+            return FourEyesRule()
+        if "max_age_days" in keys:
+            f = self.mapping(
+                node, f"{where}: a max_age_days rule", required=("max_age_days",), optional=()
+            )
+            days = self.number(f["max_age_days"], "max_age_days")
+            if days <= 0:
+                raise self.fail(f["max_age_days"], f"{where}: max_age_days must be above 0")
+            return MaxAgeRule(days)
         raise self.fail(
             node,
             f"{where}: unknown rule with keys {sorted(keys)}; a rule has one of "
-            "metric, tags, description, compare_to",
+            "metric, tags, description, compare_to, four_eyes, max_age_days",
         )
 
     def mapping(

@@ -32,6 +32,10 @@ class Settings:
     retry_backoff_max_seconds: float = 300.0
     dedupe_ttl_seconds: int = 86_400
     log_level: str = "INFO"
+    log_format: str = "auto"  # json | text | auto (text on a terminal)
+    worker_metrics_port: int = 9808  # 0: no metrics endpoint on the worker
+    flower_user: str | None = None
+    flower_password: str | None = None
     admin_token: str | None = None
     # A message redelivered this often because its worker died is dead-lettered (poison).
     max_deliveries: int = 5
@@ -42,6 +46,11 @@ class Settings:
     # Decisions for one model are serialised by a lock that expires by itself, so that a worker
     # killed while holding it blocks that model for this long at most. Longer than a reconcile.
     model_lock_seconds: float = 60.0
+    # Databricks workspace model registry (transition requests); all optional.
+    databricks_host: str | None = None
+    databricks_token: str | None = None
+    databricks_webhook_secret: str | None = None
+    databricks_webhook_authorization: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +80,12 @@ class Settings:
                 _number(env, "GATE_DEDUPE_TTL_SECONDS", 86_400, minimum=1, whole=True)
             ),
             log_level=(env.get("GATE_LOG_LEVEL") or "INFO").upper(),
+            log_format=(env.get("GATE_LOG_FORMAT") or "auto").lower(),
+            worker_metrics_port=int(
+                _number(env, "GATE_WORKER_METRICS_PORT", 9808, minimum=0, whole=True)
+            ),
+            flower_user=env.get("GATE_FLOWER_USER") or None,
+            flower_password=env.get("GATE_FLOWER_PASSWORD") or None,
             admin_token=env.get("GATE_ADMIN_TOKEN") or None,
             max_deliveries=int(_number(env, "GATE_MAX_DELIVERIES", 5, minimum=1, whole=True)),
             redrive_enabled=_bool(env, "GATE_REDRIVE_ENABLED", True),
@@ -80,7 +95,14 @@ class Settings:
             redrive_batch=int(_number(env, "GATE_REDRIVE_BATCH", 50, minimum=1, whole=True)),
             sweep_interval_seconds=_number(env, "GATE_SWEEP_INTERVAL_SECONDS", 300.0, minimum=0.1),
             model_lock_seconds=_number(env, "GATE_MODEL_LOCK_SECONDS", 60.0, minimum=1),
+            databricks_host=(env.get("GATE_DATABRICKS_HOST") or "").strip().rstrip("/") or None,
+            databricks_token=env.get("GATE_DATABRICKS_TOKEN") or None,
+            databricks_webhook_secret=env.get("GATE_DATABRICKS_WEBHOOK_SECRET") or None,
+            databricks_webhook_authorization=(
+                env.get("GATE_DATABRICKS_WEBHOOK_AUTHORIZATION") or None
+            ),
         )
+        _check_databricks(settings)
         if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
             raise ConfigError(
                 f"MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri!r} is not an http(s) URL; "
@@ -90,6 +112,10 @@ class Settings:
             raise ConfigError(
                 f"GATE_RETRY_BACKOFF_MAX_SECONDS={settings.retry_backoff_max_seconds:g} is below "
                 f"GATE_RETRY_BACKOFF_SECONDS={settings.retry_backoff_seconds:g}; raise the maximum"
+            )
+        if settings.log_format not in {"auto", "json", "text"}:
+            raise ConfigError(
+                f"GATE_LOG_FORMAT={settings.log_format!r} is not one of auto, json, text"
             )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(
@@ -110,6 +136,20 @@ class Settings:
         """Backoff before retry number `attempt` (1-based), without jitter."""
         delay = self.retry_backoff_seconds * (2 ** min(max(attempt - 1, 0), 62))
         return float(min(delay, self.retry_backoff_max_seconds))
+
+
+def _check_databricks(settings: Settings) -> None:
+    host = settings.databricks_host
+    if host is not None and not host.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"GATE_DATABRICKS_HOST={host!r} is not an http(s) URL; give the workspace URL, "
+            "e.g. https://adb-1234567890123456.7.azuredatabricks.net"
+        )
+    if host is not None and not settings.databricks_token:
+        raise ConfigError(
+            "GATE_DATABRICKS_HOST is set but GATE_DATABRICKS_TOKEN is not: the gate needs a "
+            "token allowed to approve transition requests (a service principal's, ideally)"
+        )
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -12,6 +12,7 @@ import redis
 
 from shared import keys, tags
 from shared.evaluation import Decision
+from worker.metrics import DECISIONS
 from worker.mlflow_api import MlflowApi
 
 
@@ -57,6 +58,7 @@ class DecisionLog:
         self.client = client
 
     def append(self, entry: dict[str, Any]) -> None:
+        DECISIONS.labels(str(entry.get("outcome", "unknown"))).inc()
         pipe = self.client.pipeline()
         pipe.lpush(keys.DECISIONS, json.dumps(entry))
         pipe.ltrim(keys.DECISIONS, 0, keys.DECISIONS_MAX - 1)

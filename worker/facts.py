@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from shared import tags
 from shared.errors import MlflowNotFound, MlflowRequestError
 from shared.evaluation import Facts, RunFacts, VersionFacts
 from shared.policy import CompareRule, Policy, Target
@@ -18,13 +20,23 @@ def gather(
     policies: Sequence[Policy],
     *,
     registered_model: Json | None = None,
+    now_ms: int | None = None,
+    requested_by: str | None = None,
+    stages_only: bool = False,
 ) -> Facts:
-    """The candidate version with its run, and the current holder of each compared target."""
+    """The candidate version with its run, and the current holder of each compared target.
+
+    `now_ms` is the time of the decision (the wall clock if not given); `requested_by` who asked
+    (else the version's governance.requested_by tag). With `stages_only` (a registry without
+    aliases, e.g. Databricks' workspace registry) the holder of an alias is left unknown.
+    """
     candidate = version_facts(api, candidate_version)
     model, version = candidate.model, candidate.version
     compared = {r.compare_to for p in policies for r in p.rules if isinstance(r, CompareRule)}
     holders: dict[Target, VersionFacts | None] = {}
     for other in sorted(compared, key=str):
+        if stages_only and not other.is_stage:
+            continue  # unknown: a compare_to rule on it fails closed
         holder = holder_version(api, model, other, registered_model)
         if holder is None:
             holders[other] = None
@@ -32,7 +44,13 @@ def gather(
             holders[other] = candidate
         else:
             holders[other] = version_facts(api, api.get_model_version(model, holder))
-    return Facts(candidate=candidate, target=target, holders=holders)
+    return Facts(
+        candidate=candidate,
+        target=target,
+        holders=holders,
+        requested_by=requested_by or candidate.tags.get(tags.REQUESTED_BY) or None,
+        now_ms=int(time.time() * 1000) if now_ms is None else now_ms,
+    )
 
 
 def version_facts(api: MlflowApi, mv: Json) -> VersionFacts:
@@ -46,6 +64,7 @@ def version_facts(api: MlflowApi, mv: Json) -> VersionFacts:
             problem = "the run does not exist (deleted?), so its metrics and tags are unknown"
         except MlflowRequestError as exc:
             problem = f"the run could not be read: {exc}"
+    creator = str(mv.get("user_id") or "") or (run.tags.get(tags.RUN_USER) if run else None)
     return VersionFacts(
         model=str(mv["name"]),
         version=str(mv["version"]),
@@ -54,6 +73,7 @@ def version_facts(api: MlflowApi, mv: Json) -> VersionFacts:
         run_id=run_id,
         run=run,
         run_problem=problem,
+        created_by=creator or None,
     )
 
 
@@ -79,8 +99,12 @@ def _run_facts(run: Json) -> RunFacts:
         for m in data.get("metrics", [])
         if isinstance(m, dict) and "key" in m and "value" in m
     }
+    start = run["info"].get("start_time")
     return RunFacts(
-        run_id=str(run["info"]["run_id"]), metrics=metrics, tags=_pairs(data.get("tags"))
+        run_id=str(run["info"]["run_id"]),
+        metrics=metrics,
+        tags=_pairs(data.get("tags")),
+        start_time_ms=int(start) if start not in (None, "") else None,
     )
 
 

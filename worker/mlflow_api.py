@@ -7,6 +7,7 @@ about a second (tenacity) and then raises, so the gate's retry budget is the one
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from tenacity import (
 
 from shared.errors import MlflowNotFound, MlflowRequestError, MlflowUnavailable
 from shared.settings import Settings
+from worker.metrics import MLFLOW_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,7 @@ class MlflowApi:
     @_short_retry
     def call(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Json:
         url = f"{self.base}{path}"
+        started = time.perf_counter()
         try:
             response = self.session.request(
                 method, url, params=params, json=json, timeout=self.timeout
@@ -153,6 +156,8 @@ class MlflowApi:
                 f"MLflow at {self.base} did not answer {method} {path} ({type(exc).__name__}); "
                 "the gate retries with backoff: check that the tracking server is up"
             ) from exc
+        finally:
+            MLFLOW_SECONDS.labels(method, path).observe(time.perf_counter() - started)
         if response.ok:
             return dict(response.json()) if response.content else {}
         return _raise_for(response, method, path)

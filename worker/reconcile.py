@@ -12,14 +12,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from shared import tags
-from shared.errors import MlflowNotFound
+from shared.errors import MlflowNotFound, PermanentError
 from shared.evaluation import Decision, evaluate
-from shared.events import GateEvent, Kind
-from shared.policy import PolicySet, Target
+from shared.events import DATABRICKS_SOURCE, GateEvent, Kind
+from shared.policy import PolicySet, Target, archive_existing
 from worker.decisions import DecisionLog, Record, record
 from worker.facts import gather, holder_version, tag_map
 from worker.mlflow_api import MlflowApi
 from worker.sweep import SWEEP_SOURCE, undecided
+from worker.transition_requests import DatabricksReconciler
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,23 @@ class Reconciler:
         policies: PolicySet,
         decisions: DecisionLog,
         clock: Callable[[], datetime] = utcnow,
+        databricks: DatabricksReconciler | None = None,
     ) -> None:
         self.api = api
         self.policies = policies
         self.decisions = decisions
         self.clock = clock
+        self.databricks = databricks
 
     def handle(self, event: GateEvent) -> str:
         """Reconcile the event's subject; returns what was done, for the log."""
+        if event.source == DATABRICKS_SOURCE:
+            if self.databricks is None:
+                raise PermanentError(
+                    "a Databricks event, but GATE_DATABRICKS_HOST is not set on this worker; "
+                    "set it and GATE_DATABRICKS_TOKEN, restart the worker, then replay the event"
+                )
+            return self.databricks.handle(event)
         if event.kind is Kind.REQUEST and event.version is not None:
             from_sweep = event.source == SWEEP_SOURCE
             return self.request(event.model, event.version, event.event_id, from_sweep)
@@ -63,10 +73,12 @@ class Reconciler:
             return f"{model} v{version}: its request was decided meanwhile"
         target = Target.parse(requested)
         policies = self.policies.covering(model, target)
-        decision = evaluate(gather(self.api, mv, target, policies), policies)
+        now_ms = int(self.clock().timestamp() * 1000)
+        decision = evaluate(gather(self.api, mv, target, policies, now_ms=now_ms), policies)
         reason = decision.reason
         if decision.approved:
-            reason += " " + self._promote(model, version, target, mv)
+            archive = archive_existing(policies, target)
+            reason += " " + self._promote(model, version, target, mv, archive)
         self._record(model, version, decision, reason, event_id)
         return f"{model} v{version} {'approved' if decision.approved else 'rejected'} for {target}"
 
@@ -84,7 +96,9 @@ class Reconciler:
         if holder == approved:
             return f"alias {alias} of {model} is on v{holder}, which the gate approved"
         mv = self.api.get_model_version(model, holder)
-        decision = evaluate(gather(self.api, mv, target, policies, registered_model=rm), policies)
+        now_ms = int(self.clock().timestamp() * 1000)
+        facts = gather(self.api, mv, target, policies, registered_model=rm, now_ms=now_ms)
+        decision = evaluate(facts, policies)
         outside = f"Alias '{alias}' was set on version {holder} outside the gate"
         if decision.approved:
             self.api.set_model_tag(model, tags.approved_pointer(alias), holder)
@@ -96,12 +110,13 @@ class Reconciler:
         verdict = "kept" if decision.approved else "reverted"
         return f"alias {alias} of {model} set on v{holder} outside the gate: {verdict}"
 
-    def _promote(self, model: str, version: str, target: Target, mv: dict[str, object]) -> str:
+    def _promote(
+        self, model: str, version: str, target: Target, mv: dict[str, object], archive: bool
+    ) -> str:
         # The pointer first: the alias's own webhook then finds the version already approved.
         self.api.set_model_tag(model, tags.approved_pointer(target.name), version)
         if target.is_stage:
             if mv.get("current_stage") != target.name:
-                archive = target.name == "Production"
                 self.api.transition_stage(model, version, target.name, archive_existing=archive)
                 extra = " (versions already there archived)" if archive else ""
                 return f"Version {version} moved to stage {target.name}{extra}."

@@ -14,9 +14,11 @@ import redis
 from shared.deadletter import DeadLetterStore
 from shared.policy import PolicySet
 from shared.settings import Settings
+from worker.databricks_api import DatabricksApi
 from worker.decisions import DecisionLog
 from worker.mlflow_api import MlflowApi
 from worker.reconcile import Reconciler
+from worker.transition_requests import Approvals, DatabricksReconciler
 
 
 @dataclass
@@ -45,10 +47,20 @@ class Runtime:
                 pid=os.getpid(),
                 redis=client,
                 api=api,
-                reconciler=Reconciler(api, self.policies, DecisionLog(client)),
+                reconciler=Reconciler(
+                    api, self.policies, DecisionLog(client), databricks=self._databricks(client)
+                ),
                 deadletters=DeadLetterStore(client),
             )
         return self._clients
+
+    def _databricks(self, client: redis.Redis) -> DatabricksReconciler | None:
+        """The Databricks flow, when a workspace is configured (GATE_DATABRICKS_HOST)."""
+        if not self.settings.databricks_host:
+            return None
+        return DatabricksReconciler(
+            DatabricksApi(self.settings), self.policies, DecisionLog(client), Approvals(client)
+        )
 
 
 _current: Runtime | None = None

@@ -15,10 +15,13 @@ from redis.exceptions import LockNotOwnedError
 
 from shared import keys
 from shared.errors import EventError, PermanentError, TransientError
-from shared.events import GateEvent
+from shared.events import DATABRICKS_SOURCE, GateEvent
+from shared.logs import event_context
 from shared.queue import publisher
 from worker import runtime
+from worker.metrics import DEAD_LETTERS, RETRIES
 from worker.redrive import redrive as redrive_dead_letters
+from worker.sweep import SWEEP_SOURCE
 from worker.sweep import sweep as sweep_mlflow
 
 log = logging.getLogger(__name__)
@@ -26,17 +29,23 @@ log = logging.getLogger(__name__)
 
 @shared_task(bind=True, name=keys.TASK_RECONCILE)  # type: ignore[untyped-decorator]
 def reconcile(self: Task, payload: Any) -> str:
-    rt = runtime.current()
-    clients = rt.clients
-    attempt = int(self.request.retries) + 1
     try:
         event = GateEvent.from_dict(payload)
     except EventError as exc:
-        clients.deadletters.put(payload if isinstance(payload, dict) else {"raw": payload}, exc, 1)
-        return f"dead-lettered malformed event: {exc}"
+        return _dead_letter(payload if isinstance(payload, dict) else {"raw": payload}, exc, 1)
+    with event_context(event.to_dict()):
+        outcome = _reconcile(self, event)
+        log.info("%s", outcome)
+        return outcome
+
+
+def _reconcile(task: Task, event: GateEvent) -> str:
+    rt = runtime.current()
+    clients = rt.clients
+    attempt = int(task.request.retries) + 1
     if clients.redis.exists(keys.done(event.event_id)):
-        return f"event {event.event_id} already decided"
-    starts_key = keys.starts(str(self.request.id), int(self.request.retries))
+        return "already decided: nothing to do"
+    starts_key = keys.starts(str(task.request.id), int(task.request.retries))
     starts = int(clients.redis.incr(starts_key))
     clients.redis.expire(starts_key, keys.STARTS_TTL_SECONDS)
     if starts > rt.settings.max_deliveries:
@@ -44,33 +53,31 @@ def reconcile(self: Task, payload: Any) -> str:
             f"the worker died {starts - 1} times while deciding this event (a crash, an OOM "
             "kill?); look at the worker logs, then replay it"
         )
-        clients.deadletters.put(event.to_dict(), lost, attempt)
-        return f"dead-lettered: {lost}"
+        return _dead_letter(event.to_dict(), lost, attempt)
     try:
         outcome = _decide(event)
     except (TransientError, redis.RedisError) as exc:
         if attempt >= rt.settings.retry_max_attempts:
-            clients.deadletters.put(event.to_dict(), exc, attempt)
-            log.error("event %s dead-lettered after %d attempts: %s", event.event_id, attempt, exc)
-            return f"dead-lettered after {attempt} attempts: {exc}"
+            return _dead_letter(event.to_dict(), exc, attempt)
         delay = rt.settings.retry_delay(attempt)
         countdown = random.uniform(delay / 2, delay)  # jitter: retries of many events spread out
-        log.warning(
-            "event %s attempt %d failed (%s); retrying in %.1f s",
-            event.event_id, attempt, exc, countdown,
-        )  # fmt: skip
-        raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        log.warning("attempt %d failed (%s); retrying in %.1f s", attempt, exc, countdown)
+        RETRIES.inc()
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
     except PermanentError as exc:
-        clients.deadletters.put(event.to_dict(), exc, attempt)
-        log.error("event %s dead-lettered: %s", event.event_id, exc)
-        return f"dead-lettered: {exc}"
+        return _dead_letter(event.to_dict(), exc, attempt)
     except Exception as exc:  # a bug: never lose the event, never decide on an error path
-        clients.deadletters.put(event.to_dict(), exc, attempt)
-        log.exception("event %s dead-lettered after an unexpected error", event.event_id)
-        return f"dead-lettered after an unexpected error: {exc!r}"
+        log.exception("unexpected error")
+        return _dead_letter(event.to_dict(), exc, attempt)
     clients.redis.set(keys.done(event.event_id), str(time.time()), ex=keys.DONE_TTL_SECONDS)
-    log.info("event %s (%s %s): %s", event.event_id, event.webhook_event, event.model, outcome)
     return outcome
+
+
+def _dead_letter(event: dict[str, Any], error: BaseException, attempts: int) -> str:
+    runtime.current().clients.deadletters.put(event, error, attempts)
+    DEAD_LETTERS.labels(type(error).__name__).inc()
+    log.error("dead-lettered after %d attempt(s): %s: %s", attempts, type(error).__name__, error)
+    return f"dead-lettered after {attempts} attempt(s): {error}"
 
 
 def _decide(event: GateEvent) -> str:
@@ -115,9 +122,7 @@ def _dead_letter_on_failure(
     payload = args[0] if isinstance(args[0], dict) else {"raw": args[0]}
     error = exception or RuntimeError("unknown failure")
     try:
-        attempts = int(getattr(sender.request, "retries", 0) or 0) + 1
-        runtime.current().clients.deadletters.put(payload, error, attempts)
-        log.error("event %s dead-lettered after a task failure: %r", payload.get("event_id"), error)
+        _dead_letter(payload, error, int(getattr(sender.request, "retries", 0) or 0) + 1)
     except redis.RedisError:
         log.exception("could not dead-letter event %s: Redis is down", payload.get("event_id"))
 
@@ -136,8 +141,12 @@ def redrive() -> str:
     if not rt.settings.redrive_enabled:
         return "redrive is switched off (GATE_REDRIVE_ENABLED=false)"
     clients = rt.clients
+    health = {"mlflow": clients.api.healthy, SWEEP_SOURCE: clients.api.healthy}
+    databricks = clients.reconciler.databricks
+    if databricks is not None:
+        health[DATABRICKS_SOURCE] = databricks.api.healthy
     result = redrive_dead_letters(
-        clients.deadletters, clients.api, publisher(redrive.app), rt.settings.redrive_batch
+        clients.deadletters, health, publisher(redrive.app), rt.settings.redrive_batch
     )
     log.info(result)
     return result

@@ -6,6 +6,9 @@ Each test works on its own registered model, so tests share the stack without sh
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -44,6 +47,19 @@ policies:
       - metric: validation_accuracy
         min: 0.50
 """
+
+
+def signed_headers(body: bytes, delivery_id: str, timestamp: int | None = None) -> dict[str, str]:
+    """Headers as MLflow signs a delivery, computed here independently of shared.signing."""
+    sent_at = str(int(time.time()) if timestamp is None else timestamp)
+    content = f"{delivery_id}.{sent_at}.".encode() + body
+    mac = hmac.new(SECRET.encode(), content, hashlib.sha256)
+    return {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": sent_at,
+        "X-MLflow-Signature": "v1," + base64.b64encode(mac.digest()).decode(),
+    }
 
 
 def gate_command() -> list[str]:
@@ -85,6 +101,8 @@ class Stack:
             "GATE_REDRIVE_INTERVAL_SECONDS": "1",
             "GATE_SWEEP_INTERVAL_SECONDS": "1",
             "GATE_MODEL_LOCK_SECONDS": "4",
+            "GATE_WORKER_METRICS_PORT": str(free_port()),
+            "GATE_LOG_FORMAT": "json",
         }
         self.client = MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)

@@ -3,9 +3,6 @@ never approved on an error path. Each test runs a stack of its own."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -16,29 +13,19 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from conftest import SECRET, Stack
+from conftest import Stack, signed_headers
 from harness import DelayProxy, wait_until
 
 pytestmark = pytest.mark.integration
 
 REQUEST = "governance.request"
+SIGNATURE = "X-MLflow-Signature"
 StackFactory = Callable[..., Stack]
 
 
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
-
-
-def _signed(body: bytes, delivery_id: str) -> dict[str, str]:
-    timestamp = str(int(time.time()))
-    mac = hmac.new(SECRET.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256)
-    return {
-        "Content-Type": "application/json",
-        "X-MLflow-Delivery-Id": delivery_id,
-        "X-MLflow-Timestamp": timestamp,
-        "X-MLflow-Signature": "v1," + base64.b64encode(mac.digest()).decode(),
-    }
 
 
 def _request_body(model: str, version: str, target: str = "champion") -> bytes:
@@ -154,7 +141,7 @@ def test_redis_down_means_503_until_it_returns_and_nothing_acknowledged_is_lost(
     body = _request_body(model, first.version)
     delivery = str(uuid.uuid4())
     refused = requests.post(
-        f"{stack.receiver_url}/webhooks/mlflow", data=body, headers=_signed(body, delivery),
+        f"{stack.receiver_url}/webhooks/mlflow", data=body, headers=signed_headers(body, delivery),
         timeout=10,
     )  # fmt: skip
     assert refused.status_code == 503
@@ -169,7 +156,7 @@ def test_redis_down_means_503_until_it_returns_and_nothing_acknowledged_is_lost(
     tags = stack.wait_for_decision(model, first.version, timeout=60)
     assert tags["governance.status"] == "approved"
     resent = requests.post(
-        f"{stack.receiver_url}/webhooks/mlflow", data=body, headers=_signed(body, delivery),
+        f"{stack.receiver_url}/webhooks/mlflow", data=body, headers=signed_headers(body, delivery),
         timeout=10,
     )  # fmt: skip
     assert resent.status_code == 202
@@ -229,39 +216,39 @@ def test_webhooks_lost_while_the_receiver_is_down_are_decided_by_the_sweep(
 def test_bad_input_over_http_is_refused_clearly_and_never_queued(stack: Stack) -> None:
     url = f"{stack.receiver_url}/webhooks/mlflow"
     good = _request_body("some-model", "1")
-    stale = _signed(good, "stale")
-    stale["X-MLflow-Timestamp"] = str(int(time.time()) - 3600)
-    stale_mac = hmac.new(
-        SECRET.encode(), f"stale.{stale['X-MLflow-Timestamp']}.".encode() + good, hashlib.sha256
-    )
-    stale["X-MLflow-Signature"] = "v1," + base64.b64encode(stale_mac.digest()).decode()
-    reused = _signed(good, "reused")
+    stale = signed_headers(good, "stale", timestamp=int(time.time()) - 3600)
+    reused = signed_headers(good, "reused")
     other = _request_body("other-model", "2")
     cases: list[tuple[str, bytes, dict[str, str], int]] = [
-        ("malformed JSON", b"{not json", _signed(b"{not json", "a"), 400),
-        ("truncated JSON", good[:30], _signed(good[:30], "b"), 400),
-        ("not an object", b"[1, 2]", _signed(b"[1, 2]", "c"), 400),
+        ("malformed JSON", b"{not json", signed_headers(b"{not json", "a"), 400),
+        ("truncated JSON", good[:30], signed_headers(good[:30], "b"), 400),
+        ("not an object", b"[1, 2]", signed_headers(b"[1, 2]", "c"), 400),
         (
             "wrong types",
             b'{"entity": 1, "action": "set"}',
-            _signed(b'{"entity": 1, "action": "set"}', "d"),
+            signed_headers(b'{"entity": 1, "action": "set"}', "d"),
             400,
         ),
         (
             "missing data",
             b'{"entity": "model_version_tag", "action": "set"}',
-            _signed(b'{"entity": "model_version_tag", "action": "set"}', "e"),
+            signed_headers(b'{"entity": "model_version_tag", "action": "set"}', "e"),
             400,
         ),
         ("huge body", b"x" * (1024 * 1024 + 1), {"Content-Type": "application/json"}, 413),
         ("missing signature", good, {"Content-Type": "application/json"}, 401),
-        ("forged signature", good, {**_signed(good, "f"), "X-MLflow-Signature": "v1,Zm9v"}, 401),
+        (
+            "forged signature",
+            good,
+            {**signed_headers(good, "f"), "X-MLflow-Signature": "v1,Zm9v"},
+            401,
+        ),
         ("reused signature, other body", other, reused, 401),
         ("stale signature", good, stale, 401),
         (
             "unknown event",
             b'{"entity": "prompt", "action": "created", "data": {}}',
-            _signed(b'{"entity": "prompt", "action": "created", "data": {}}', "g"),
+            signed_headers(b'{"entity": "prompt", "action": "created", "data": {}}', "g"),
             200,
         ),
     ]

@@ -3,16 +3,13 @@ them, the worker decides, and the decision is read back from MLflow."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 import uuid
 
 import pytest
 import requests
-from conftest import SECRET, Stack
+from conftest import Stack, signed_headers
 from harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -145,17 +142,6 @@ def test_an_unprotected_alias_is_left_alone(stack: Stack) -> None:
     assert stack.alias_version(model, "experiment") == mv.version
 
 
-def _signed(body: bytes, delivery_id: str) -> dict[str, str]:
-    timestamp = str(int(time.time()))
-    mac = hmac.new(SECRET.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256)
-    return {
-        "Content-Type": "application/json",
-        "X-MLflow-Delivery-Id": delivery_id,
-        "X-MLflow-Timestamp": timestamp,
-        "X-MLflow-Signature": "v1," + base64.b64encode(mac.digest()).decode(),
-    }
-
-
 def test_the_same_delivery_twice_gives_one_decision(stack: Stack) -> None:
     # Given a version with a request tag, whose webhook we deliver ourselves
     model = stack.new_model()
@@ -176,13 +162,13 @@ def test_the_same_delivery_twice_gives_one_decision(stack: Stack) -> None:
     first = requests.post(
         f"{stack.receiver_url}/webhooks/mlflow",
         data=body,
-        headers=_signed(body, delivery),
+        headers=signed_headers(body, delivery),
         timeout=5,
     )
     second = requests.post(
         f"{stack.receiver_url}/webhooks/mlflow",
         data=body,
-        headers=_signed(body, delivery),
+        headers=signed_headers(body, delivery),
         timeout=5,
     )
     # Then it is queued once and decided once
@@ -196,7 +182,7 @@ def test_the_same_delivery_twice_gives_one_decision(stack: Stack) -> None:
 
 def test_a_forged_webhook_is_refused(stack: Stack) -> None:
     body = b'{"entity": "model_version_tag", "action": "set", "data": {}}'
-    headers = _signed(body, "forged")
+    headers = signed_headers(body, "forged")
     headers["X-MLflow-Signature"] = "v1,AAAA"
     response = requests.post(
         f"{stack.receiver_url}/webhooks/mlflow", data=body, headers=headers, timeout=5

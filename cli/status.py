@@ -1,0 +1,89 @@
+"""`mlflow-gate status` and `mlflow-gate decisions`: what the gate is doing, for operators."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import redis
+
+from shared import keys
+from shared.queue import create_celery
+from shared.settings import Settings
+from worker.decisions import DecisionLog
+from worker.mlflow_api import MlflowApi
+
+
+def gather_status(settings: Settings) -> dict[str, Any]:
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=2)
+    status: dict[str, Any] = {
+        "redis": {"url": settings.redis_url, "reachable": False},
+        "mlflow": {"url": settings.mlflow_tracking_uri, "reachable": MlflowApi(settings).healthy()},
+    }
+    try:
+        pipe = client.pipeline()
+        pipe.llen(keys.QUEUE)
+        pipe.hlen(keys.UNACKED)
+        pipe.zcard(keys.DEADLETTER_INDEX)
+        queued, in_flight, dead = pipe.execute()
+    except redis.RedisError as exc:
+        status["redis"]["error"] = str(exc)
+        status["workers"] = []
+        status["ok"] = False
+        return status
+    status["redis"]["reachable"] = True
+    status["queue_depth"] = int(queued)
+    status["tasks_in_flight"] = int(in_flight)
+    status["dead_letters"] = int(dead)
+    replies = create_celery(settings).control.ping(timeout=1.0)
+    status["workers"] = sorted(name for reply in replies for name in reply)
+    status["last_decisions"] = DecisionLog(client).recent(limit=5)
+    status["ok"] = bool(status["mlflow"]["reachable"] and status["workers"])
+    return status
+
+
+def print_status(status: dict[str, Any]) -> None:
+    def mark(ok: bool) -> str:
+        return "up" if ok else "DOWN"
+
+    redis_line = f"redis     {mark(status['redis']['reachable'])}  {status['redis']['url']}"
+    click.echo(
+        redis_line + (f"  ({status['redis']['error']})" if "error" in status["redis"] else "")
+    )
+    click.echo(f"mlflow    {mark(status['mlflow']['reachable'])}  {status['mlflow']['url']}")
+    workers = status["workers"]
+    click.echo(
+        f"workers   {len(workers)} online"
+        + (f": {', '.join(workers)}" if workers else "  (none answered: start one)")
+    )
+    if status["redis"]["reachable"]:
+        click.echo(
+            f"queue     {status['queue_depth']} waiting, {status['tasks_in_flight']} in "
+            f"flight, {status['dead_letters']} dead letters"
+        )
+        if status["dead_letters"]:
+            click.echo("          see them with: mlflow-gate dlq list")
+        click.echo("last decisions:")
+        print_decisions(status["last_decisions"], indent="  ")
+
+
+def print_decisions(entries: list[dict[str, Any]], indent: str = "") -> None:
+    if not entries:
+        click.echo(f"{indent}(none yet)")
+        return
+    for e in entries:
+        click.echo(
+            f"{indent}{e.get('time', '')[:19]}  {e.get('model')} v{e.get('version')} -> "
+            f"{e.get('target')}  {str(e.get('outcome', '')).upper()}  event {e.get('event_id')}"
+        )
+        click.echo(f"{indent}    {e.get('reason')}")
+
+
+def decisions(settings: Settings, *, model: str | None, limit: int, as_json: bool) -> None:
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=2)
+    entries = DecisionLog(client).recent(model=model, limit=limit)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+    else:
+        print_decisions(entries)

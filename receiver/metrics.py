@@ -1,0 +1,48 @@
+"""The receiver's Prometheus metrics: webhooks by outcome, acknowledgement latency, and the
+depth of the queue and of the dead-letter store (read from Redis at scrape time)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared import keys
+
+WEBHOOKS = Counter(
+    "gate_webhooks_received_total",
+    "Webhooks received, by source and outcome (accepted, duplicate, ignored, bad_request, "
+    "unauthorized, too_large, unavailable)",
+    ["source", "outcome"],
+)
+ACK_SECONDS = Histogram(
+    "gate_webhook_ack_seconds",
+    "Time from receiving a webhook to answering it",
+    ["source"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+class QueueDepthCollector(Collector):
+    """Queue and dead-letter depth, read live from Redis at each scrape."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            pipe = self.client.pipeline()
+            pipe.llen(keys.QUEUE)
+            pipe.hlen(keys.UNACKED)
+            pipe.zcard(keys.DEADLETTER_INDEX)
+            queued, in_flight, dead = pipe.execute()
+        except redis.RedisError:
+            return
+        yield GaugeMetricFamily("gate_queue_depth", "Events waiting in the queue", queued)
+        yield GaugeMetricFamily(
+            "gate_tasks_in_flight", "Events delivered to a worker, not yet acknowledged", in_flight
+        )
+        yield GaugeMetricFamily("gate_deadletter_depth", "Events in the dead-letter store", dead)
