@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any
 
 import redis
 from flask import Flask, Response, g, jsonify, request
@@ -14,13 +13,13 @@ from werkzeug.exceptions import HTTPException
 
 from receiver.admin import admin_blueprint
 from receiver.databricks import databricks_blueprint, databricks_enabled
-from receiver.intake import Accepted, Intake, QueueUnavailable
+from receiver.intake import Intake
 from receiver.metrics import ACK_SECONDS, WEBHOOKS, QueueDepthCollector
+from receiver.responses import admit, answer
 from shared import signing
 from shared.deadletter import DeadLetterStore
-from shared.errors import EventError, SignatureError
+from shared.errors import SignatureError
 from shared.events import parse_mlflow_webhook
-from shared.logs import event_context
 from shared.metrics import multiprocess_registry
 from shared.queue import Publish, create_celery, publisher
 from shared.settings import Settings
@@ -28,7 +27,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-RETRY_AFTER_SECONDS = "5"
 
 
 def create_app(
@@ -86,29 +84,13 @@ def create_app(
                     now=time.time(),
                 )
             except SignatureError as exc:
-                return _answer(401, "unauthorized", str(exc))
+                return answer(401, "unauthorized", str(exc))
         event_id = delivery_id or hashlib.sha256(body).hexdigest()
-        try:
-            event = parse_mlflow_webhook(body, event_id=event_id, received_at=time.time())
-        except EventError as exc:
-            return _answer(400, "bad_request", str(exc))
-        if event is None:
-            return _answer(200, "ignored", "the gate does not act on this event", event_id)
-        try:
-            accepted = intake.accept(event)
-        except QueueUnavailable as exc:
-            log.error("event %s not accepted: %s", event_id, exc)
-            response, status = _answer(
-                503, "unavailable", f"{exc}; the event was not accepted, retry later", event_id
-            )
-            response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-            return response, status
-        with event_context(event.to_dict()):
-            if accepted is Accepted.DUPLICATE:
-                log.info("duplicate delivery dropped")
-                return _answer(200, "duplicate", "this delivery was already accepted", event_id)
-            log.info("accepted %s", event.webhook_event)
-        return _answer(202, "accepted", f"{event.webhook_event} queued", event_id)
+        return admit(
+            intake,
+            event_id,
+            lambda: parse_mlflow_webhook(body, event_id=event_id, received_at=time.time()),
+        )
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -133,16 +115,7 @@ def create_app(
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         if status == 413:
-            return _answer(413, "too_large", f"body over the {MAX_BODY_BYTES} byte limit")
-        return _answer(status, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+            return answer(413, "too_large", f"body over the {MAX_BODY_BYTES} byte limit")
+        return answer(status, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
 
     return app
-
-
-def _answer(
-    status: int, outcome: str, message: str, event_id: str | None = None
-) -> tuple[Response, int]:
-    body: dict[str, Any] = {"status": outcome, "message": message}
-    if event_id is not None:
-        body["event_id"] = event_id
-    return jsonify(body), status

@@ -1,0 +1,58 @@
+"""What every webhook route does once the sender is verified: parse, queue once, answer.
+
+One place for the answers, so that MLflow's and Databricks's routes say the same thing for the
+same situation (202 queued, 200 ignored or duplicate, 400 naming the field, 503 Retry-After).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response, jsonify
+
+from receiver.intake import Accepted, Intake, QueueUnavailable
+from shared.errors import EventError
+from shared.events import GateEvent
+from shared.logs import event_context
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def answer(
+    status: int, outcome: str, message: str, event_id: str | None = None
+) -> tuple[Response, int]:
+    body: dict[str, Any] = {"status": outcome, "message": message}
+    if event_id is not None:
+        body["event_id"] = event_id
+    return jsonify(body), status
+
+
+def admit(
+    intake: Intake, event_id: str, parse: Callable[[], GateEvent | None]
+) -> tuple[Response, int]:
+    """Parse the verified body and queue the event once; never acknowledge what was not queued."""
+    try:
+        event = parse()
+    except EventError as exc:
+        return answer(400, "bad_request", str(exc))
+    if event is None:
+        return answer(200, "ignored", "the gate does not act on this event", event_id)
+    with event_context(event.to_dict()):
+        try:
+            accepted = intake.accept(event)
+        except QueueUnavailable as exc:
+            log.error("not accepted: %s", exc)
+            response, status = answer(
+                503, "unavailable", f"{exc}; the event was not accepted, retry later", event_id
+            )
+            response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+            return response, status
+        if accepted is Accepted.DUPLICATE:
+            log.info("duplicate delivery dropped")
+            return answer(200, "duplicate", "this delivery was already accepted", event_id)
+        log.info("accepted %s", event.webhook_event)
+    return answer(202, "accepted", f"{event.webhook_event} queued", event_id)
