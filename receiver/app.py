@@ -57,9 +57,7 @@ def create_app(
     def count_webhook(response: Response) -> Response:
         if request.path.startswith("/webhooks/"):
             source = request.path.rsplit("/", 1)[-1]
-            body = response.get_json(silent=True)
-            outcome = body.get("status", "unknown") if isinstance(body, dict) else "unknown"
-            WEBHOOKS.labels(source, outcome).inc()
+            WEBHOOKS.labels(source, g.get("outcome", "unknown")).inc()
             ACK_SECONDS.labels(source).observe(time.perf_counter() - g.get("started", 0.0))
         return response
 

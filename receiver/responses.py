@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, g, jsonify
 
 from receiver.intake import Accepted, Intake, QueueUnavailable
 from shared.errors import EventError
@@ -25,6 +25,7 @@ RETRY_AFTER_SECONDS = "5"
 def answer(
     status: int, outcome: str, message: str, event_id: str | None = None
 ) -> tuple[Response, int]:
+    g.outcome = outcome  # for the metrics, without parsing the response again
     body: dict[str, Any] = {"status": outcome, "message": message}
     if event_id is not None:
         body["event_id"] = event_id

@@ -5,6 +5,7 @@ multiprocess mode, in one directory per service, and served by one registry that
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -25,9 +26,17 @@ def prepare_multiprocess_dir(service: str) -> Path:
     else:
         path = Path(tempfile.gettempdir()) / f"mlflow-gate-metrics-{service}-{os.getpid()}"
         os.environ[_DIR_VARIABLE] = str(path)
+        atexit.register(_remove_if_owner, path, os.getpid())
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _remove_if_owner(path: Path, owner: int) -> None:
+    """At exit, the process that made the directory removes it; forked children inherit this
+    handler and must leave it alone."""
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def multiprocess_registry() -> CollectorRegistry:

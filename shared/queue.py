@@ -37,9 +37,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
-        # Task events, for Flower and `mlflow-gate status`.
+        # Task events from the workers, for Flower. Not "task-sent" events: they would cost the
+        # receiver a second publish before every acknowledgement.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
         "enable_utc": True,
         # Used by `mlflow-gate worker --beat`: the sweep finds what lost webhooks left undecided,
         # the redrive replays transient dead letters once MLflow answers again.

@@ -43,14 +43,17 @@ def _reconcile(task: Task, event: GateEvent) -> str:
     rt = runtime.current()
     clients = rt.clients
     attempt = int(task.request.retries) + 1
-    if clients.redis.exists(keys.done(event.event_id)):
-        return "already decided: nothing to do"
     starts_key = keys.starts(str(task.request.id), int(task.request.retries))
-    starts = int(clients.redis.incr(starts_key))
-    clients.redis.expire(starts_key, keys.STARTS_TTL_SECONDS)
-    if starts > rt.settings.max_deliveries:
+    pipe = clients.redis.pipeline()
+    pipe.exists(keys.done(event.event_id))
+    pipe.incr(starts_key)
+    pipe.expire(starts_key, keys.STARTS_TTL_SECONDS)
+    done, starts, _ = pipe.execute()
+    if done:
+        return "already decided: nothing to do"
+    if int(starts) > rt.settings.max_deliveries:
         lost = WorkerLost(
-            f"the worker died {starts - 1} times while deciding this event (a crash, an OOM "
+            f"the worker died {int(starts) - 1} times while deciding this event (a crash, an OOM "
             "kill?); look at the worker logs, then replay it"
         )
         return _dead_letter(event.to_dict(), lost, attempt)

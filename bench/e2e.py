@@ -1,0 +1,304 @@
+"""End to end: from `governance.request` set in a real MLflow to the decision visible in MLflow.
+
+Starts a private MLflow (SQLite), Redis, the receiver and, in turn, a worker with 1, 2 and 4
+processes (`--concurrency`). For each, N model versions (each of its own registered model, so
+that they do not wait on the per-model lock) get `governance.request=champion` one after the
+other; MLflow's own webhooks drive the gate, and one search call every `--poll` seconds (0.25 s:
+the polls load the same MLflow, so not more often) reads which versions carry
+`governance.status`. Latency: from just before the tag-setting call to the first poll that sees
+the status. Throughput: N over first tag set to last decision seen. Also `--unloaded` requests
+one at a time (set, wait for the decision, next): the latency without queueing.
+
+Beside it, the baseline: the same facts fetched and the same decision applied by a plain
+sequential loop in this process, calling MLflow directly with the gate's own code
+(worker.reconcile.Reconciler.request: MlflowApi, facts.gather, evaluation.evaluate,
+decisions.record), without webhooks, queue or Redis. The ratio of the per-decision times is the
+gate's overhead.
+
+    python bench/e2e.py [--quick] [-n 30] [--workers 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import time
+from typing import Any
+
+import redis
+from _stack import (
+    REQUEST_TAG,
+    STATUS_TAG,
+    Stack,
+    create_versions,
+    decided_versions,
+    group_cpu_seconds,
+    machine_info,
+    machine_line,
+    markdown_table,
+    ms,
+    no_decision_log,
+    settings_for,
+    summary,
+    table,
+    wait_until,
+    write_results,
+)
+
+from shared.policy import load_policies
+from worker.mlflow_api import MlflowApi
+from worker.reconcile import Reconciler
+
+
+class CountingApi(MlflowApi):
+    """MlflowApi that counts its REST calls by method and path."""
+
+    calls: collections.Counter[str]
+
+    def call(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        method, path = args[0], str(args[1])
+        self.calls[f"{method} {path.removeprefix('/api/2.0/mlflow/')}"] += 1
+        return super().call(*args, **kwargs)
+
+
+def baseline(stack: Stack, versions: list[tuple[str, str]]) -> dict[str, Any]:
+    api = CountingApi(settings_for(stack.mlflow_uri))
+    api.calls = collections.Counter()
+    reconciler = Reconciler(api, load_policies(stack.policy_file), no_decision_log())
+    times: list[float] = []
+    outcomes: collections.Counter[str] = collections.Counter()
+    cpu_before = _cpu(stack)
+    own_cpu = time.process_time()
+    begin = time.perf_counter()
+    for i, (model, version) in enumerate(versions):
+        t = time.perf_counter()
+        outcome = reconciler.request(model, version, f"baseline-{i}")
+        times.append(time.perf_counter() - t)
+        outcomes["approved" if " approved " in outcome else outcome] += 1
+    total = time.perf_counter() - begin
+    n = len(versions)
+    cpu = _cpu_delta(stack, cpu_before, n)
+    cpu["baseline script"] = round((time.process_time() - own_cpu) * 1000 / n, 1)
+    return {
+        "cpu_ms_per_decision": cpu,
+        "decisions": n,
+        "outcomes": dict(outcomes),
+        "total_s": round(total, 3),
+        "per_decision_s": summary(times),
+        "decisions_per_s": round(n / total, 2),
+        "mlflow_calls_per_decision": {k: v / n for k, v in sorted(api.calls.items())},
+        "mlflow_calls_total_per_decision": sum(api.calls.values()) / n,
+    }
+
+
+def gate_round(
+    stack: Stack, r: redis.Redis, versions: list[tuple[str, str]], prefix: str, poll: float
+) -> dict[str, Any]:
+    api = MlflowApi(settings_for(stack.mlflow_uri))
+    set_at: dict[tuple[str, str], float] = {}
+    seen_at: dict[tuple[str, str], float] = {}
+    statuses: dict[tuple[str, str], str] = {}
+    before = r.info("commandstats")
+    webhooks_before = _webhooks_received(stack)
+    cpu_before = _cpu(stack)
+    first = time.time()
+    for model, version in versions:
+        set_at[(model, version)] = time.time()
+        api.set_version_tag(model, version, REQUEST_TAG, "champion")
+    deadline = time.time() + 60 + 5 * len(versions)
+    polls = 0
+    while len(seen_at) < len(versions) and time.time() < deadline:
+        polls += 1
+        now = time.time()
+        for key, status in decided_versions(api, prefix).items():
+            if key not in seen_at:
+                seen_at[key] = now
+                statuses[key] = status
+        time.sleep(poll)
+    last = max(seen_at.values(), default=first)
+    # The queue drains: the alias webhooks that the approvals caused are decided too.
+    wait_until(lambda: r.llen("gate.events") == 0 and not r.hlen("unacked"), 60, what="idle")
+    after = r.info("commandstats")
+    latencies = [seen_at[k] - set_at[k] for k in seen_at]
+    n = len(versions)
+    by_command = {
+        k.removeprefix("cmdstat_"): int(v["calls"]) - int(before.get(k, {}).get("calls", 0))
+        for k, v in after.items()
+    }
+    redis_cmds = sum(by_command.values())
+    cpu = _cpu_delta(stack, cpu_before, max(len(seen_at), 1))
+    webhooks = _webhooks_received(stack) - webhooks_before
+    return {
+        "decisions": len(seen_at),
+        "undecided": n - len(seen_at),
+        "outcomes": dict(collections.Counter(statuses.values())),
+        "tag_setting_s": round(max(set_at.values()) - first, 3),
+        "window_s": round(last - first, 3),
+        "latency_s": summary(latencies),
+        "decisions_per_s": round(len(seen_at) / (last - first), 2) if last > first else None,
+        "per_decision_s": (last - first) / len(seen_at) if seen_at else None,
+        "redis_commands_per_decision": round(redis_cmds / max(len(seen_at), 1), 1),
+        "cpu_ms_per_decision": cpu,
+        "mlflow_polls": polls,
+        "redis_commands_by_name": {k: v for k, v in sorted(by_command.items()) if v},
+        "webhooks_received_per_decision": round(webhooks / max(len(seen_at), 1), 2),
+    }
+
+
+def _cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each of the stack's process groups (MLflow, Redis, ...)."""
+    return {name: group_cpu_seconds(proc) for name, proc in stack.processes.items()}
+
+
+def _cpu_delta(stack: Stack, before: dict[str, float], n: int) -> dict[str, float]:
+    now = _cpu(stack)
+    return {
+        name.split("-")[0]: round((now[name] - before.get(name, 0.0)) * 1000 / n, 1) for name in now
+    }
+
+
+def unloaded(stack: Stack, versions: list[tuple[str, str]], poll: float) -> dict[str, Any]:
+    """One request at a time: set the tag, wait for the decision, then the next."""
+    api = MlflowApi(settings_for(stack.mlflow_uri))
+    latencies: list[float] = []
+    for model, version in versions:
+
+        def decided(model: str = model, version: str = version) -> bool:
+            mv = api.get_model_version(model, version)
+            return any(t.get("key") == STATUS_TAG for t in mv.get("tags", []))
+
+        t = time.time()
+        api.set_version_tag(model, version, REQUEST_TAG, "champion")
+        wait_until(decided, 60, poll, "a decision")
+        latencies.append(time.time() - t)
+    return {"decisions": len(latencies), "latency_s": summary(latencies)}
+
+
+def _webhooks_received(stack: Stack) -> int:
+    """POSTs to the receiver so far, from its gunicorn access log."""
+    log: str = stack.processes["receiver"].log_tail(50_000_000)
+    return log.count("POST /webhooks/mlflow")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=30, help="promotion requests per round")
+    parser.add_argument("--workers", default="1,2,4", help="worker process counts")
+    parser.add_argument(
+        "--poll", type=float, default=0.25, help="seconds between searches (burst rounds)"
+    )
+    parser.add_argument(
+        "--poll-unloaded", type=float, default=0.05, help="seconds between reads (one at a time)"
+    )
+    parser.add_argument(
+        "--unloaded", type=int, default=10, help="requests one at a time, 1st worker count"
+    )
+    parser.add_argument("--quick", action="store_true", help="n=10, unloaded 5")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.unloaded = 10, 5
+    counts = [int(c) for c in args.workers.split(",") if c.strip()]
+    params = {k: v for k, v in vars(args).items() if k != "keep"}
+    load_start, started = os.getloadavg(), time.time()
+
+    rounds: list[dict[str, Any]] = []
+    single: dict[str, Any] = {}
+    with Stack("e2e", keep=args.keep) as stack:
+        stack.start_redis()
+        stack.start_mlflow()
+        stack.start_receiver()
+        print(f"MLflow {stack.mlflow_uri}; workdir {stack.workdir}", flush=True)
+        r = redis.Redis.from_url(stack.redis_url)
+        print(f"creating {args.n * (len(counts) + 1)} model versions ...", flush=True)
+        base_versions = create_versions(stack.mlflow_uri, "e2e-base", args.n, request="champion")
+        round_versions = {c: create_versions(stack.mlflow_uri, f"e2e-c{c}", args.n) for c in counts}
+        single_versions = create_versions(stack.mlflow_uri, "e2e-single", args.unloaded)
+        print("baseline: sequential, in process ...", flush=True)
+        base = baseline(stack, base_versions)  # before the webhook exists: nothing else runs
+        stack.register_webhook()
+        for c in counts:
+            print(f"gate with {c} worker process(es) ...", flush=True)
+            proc = stack.start_worker(f"worker-c{c}", concurrency=c)
+            if c == counts[0] and single_versions:
+                single = unloaded(stack, single_versions, args.poll_unloaded)
+                single["worker_processes"] = c
+            tasks_before = proc.log_tail(50_000_000).count("succeeded in")
+            result = gate_round(stack, r, round_versions[c], f"e2e-c{c}", args.poll)
+            tasks = proc.log_tail(50_000_000).count("succeeded in") - tasks_before
+            result["tasks_succeeded"] = tasks
+            result["worker_processes"] = c
+            stack.stop(f"worker-c{c}")
+            rounds.append(result)
+
+    per_base = base["per_decision_s"]["mean"]
+    headers = ["design", "decisions", "p50 ms", "p99 ms", "decisions/s", "ms/decision",
+               "vs baseline", "tasks/dec", "webhooks/dec", "Redis cmds/dec"]  # fmt: skip
+    rows: list[list[object]] = [
+        ["sequential script (baseline)", base["decisions"], ms(base["per_decision_s"]["p50"]),
+         ms(base["per_decision_s"]["p99"]), base["decisions_per_s"], ms(per_base), "1.00x",
+         "-", "-", 0],
+    ]  # fmt: skip
+    for g in rounds:
+        per = g["per_decision_s"]
+        rows.append(
+            [
+                f"gate, {g['worker_processes']} worker process(es)",
+                f"{g['decisions']}/{g['decisions'] + g['undecided']}",
+                ms(g["latency_s"]["p50"]), ms(g["latency_s"]["p99"]), g["decisions_per_s"],
+                ms(per), f"{per / per_base:.2f}x" if per and per_base else "-",
+                round(g["tasks_succeeded"] / max(g["decisions"], 1), 2),
+                g["webhooks_received_per_decision"], g["redis_commands_per_decision"],
+            ]
+        )  # fmt: skip
+    if single:
+        lat = single["latency_s"]
+        rows.append(
+            [
+                f"gate, one request at a time ({single['worker_processes']} proc.)",
+                single["decisions"], ms(lat["p50"]), ms(lat["p99"]), "-", "-", "-", "-", "-", "-",
+            ]
+        )  # fmt: skip
+    cpu_headers = ["design", *base["cpu_ms_per_decision"].keys(), "worker"]
+    cpu_rows = [["baseline", *base["cpu_ms_per_decision"].values(), "-"]]
+    for g in rounds:
+        c = g["cpu_ms_per_decision"]
+        cpu_rows.append(
+            [f"gate, {g['worker_processes']} proc.", *(c.get(k, "-") for k in cpu_headers[1:])]
+        )
+    info = machine_info()
+    calls = ", ".join(f"{k} x{v:g}" for k, v in base["mlflow_calls_per_decision"].items())
+    printed = "\n".join(
+        [
+            f"e2e: {args.n} promotion requests per round, tag set -> governance.status visible "
+            f"(one search every {args.poll:g} s; one version read every {args.poll_unloaded:g} s "
+            "one at a time); baseline latency is one decision's own time",
+            f"machine: {machine_line(info)}",
+            table(headers, rows),
+            "CPU ms per decision, by process group:",
+            table(cpu_headers, cpu_rows),
+            f"MLflow calls per decision (baseline and worker run the same code): "
+            f"{base['mlflow_calls_total_per_decision']:g} ({calls})",
+        ]
+    )
+    print("\n" + printed)
+    path = write_results(
+        "e2e",
+        params,
+        {
+            "baseline": base,
+            "gate": rounds,
+            "unloaded": single,
+            "markdown": markdown_table(headers, rows),
+            "cpu_markdown": markdown_table(cpu_headers, cpu_rows),
+        },
+        load_start=load_start,
+        started=started,
+        printed=printed,
+    )
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main()

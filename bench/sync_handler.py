@@ -1,0 +1,64 @@
+"""The design the gate replaces: a webhook handler that decides inside the request.
+
+POST /webhooks/mlflow verifies MLflow's signature, parses the event, and then, before answering,
+fetches the facts from MLflow, evaluates the policy and applies the decision (alias and tags), with
+the gate's own code (worker.reconcile.Reconciler.request), so that the work is exactly the
+worker's. It answers 200 once done, 503 if MLflow did not answer. Served by gunicorn like the
+receiver (bench/slow_mlflow.py starts it):
+
+    gunicorn --chdir bench -k gthread -w 2 --threads 4 'sync_handler:create_app()'
+
+Reads GATE_WEBHOOK_SECRET, MLFLOW_TRACKING_URI and GATE_POLICY_FILE like the gate.
+"""
+
+from __future__ import annotations
+
+import time
+
+from _stack import no_decision_log
+from flask import Flask, Response, jsonify, request
+
+from shared import signing
+from shared.errors import EventError, MlflowUnavailable, SignatureError
+from shared.events import Kind, parse_mlflow_webhook
+from shared.policy import load_policies
+from shared.settings import Settings
+from worker.mlflow_api import MlflowApi
+from worker.reconcile import Reconciler
+
+
+def create_app() -> Flask:
+    settings = Settings.from_env()
+    secret = settings.webhook_secret or ""
+    reconciler = Reconciler(
+        MlflowApi(settings), load_policies(settings.policy_file), no_decision_log()
+    )
+    app = Flask("sync_handler")
+
+    @app.post("/webhooks/mlflow")
+    def webhook() -> tuple[Response, int]:
+        body = request.get_data(cache=False)
+        delivery_id = request.headers.get(signing.DELIVERY_ID_HEADER)
+        try:
+            signing.verify(
+                secret,
+                delivery_id=delivery_id,
+                timestamp=request.headers.get(signing.TIMESTAMP_HEADER),
+                signature=request.headers.get(signing.SIGNATURE_HEADER),
+                body=body,
+                now=time.time(),
+            )
+            event = parse_mlflow_webhook(body, event_id=str(delivery_id), received_at=time.time())
+        except SignatureError as exc:
+            return jsonify(status="unauthorized", message=str(exc)), 401
+        except EventError as exc:
+            return jsonify(status="bad_request", message=str(exc)), 400
+        if event is None or event.kind is not Kind.REQUEST or event.version is None:
+            return jsonify(status="ignored"), 200
+        try:
+            outcome = reconciler.request(event.model, event.version, event.event_id)
+        except MlflowUnavailable as exc:
+            return jsonify(status="unavailable", message=str(exc)), 503
+        return jsonify(status="decided", message=outcome), 200
+
+    return app
