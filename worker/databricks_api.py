@@ -51,13 +51,7 @@ class DatabricksApi(MlflowApi):
     def approve_transition_request(
         self, name: str, version: str, stage: str, *, archive_existing_versions: bool, comment: str
     ) -> Json:
-        body = {
-            "name": name,
-            "version": version,
-            "stage": stage,
-            "archive_existing_versions": archive_existing_versions,
-            "comment": comment,
-        }
+        body = _transition(name, version, stage, archive_existing_versions, comment)
         return dict(self.call("POST", REQUESTS_APPROVE, json=body).get("activity") or {})
 
     def reject_transition_request(self, name: str, version: str, stage: str, comment: str) -> Json:
@@ -67,13 +61,7 @@ class DatabricksApi(MlflowApi):
     def transition_stage_with_comment(
         self, name: str, version: str, stage: str, *, archive_existing_versions: bool, comment: str
     ) -> Json:
-        body = {
-            "name": name,
-            "version": version,
-            "stage": stage,
-            "archive_existing_versions": archive_existing_versions,
-            "comment": comment,
-        }
+        body = _transition(name, version, stage, archive_existing_versions, comment)
         answer = self.call("POST", TRANSITION_STAGE, json=body)
         return dict(answer.get("model_version_databricks") or answer.get("model_version") or {})
 
@@ -112,3 +100,14 @@ def _reworded(exc: Exception) -> str:
         .replace("MLflow at", "Databricks at", 1)
         .replace("check that the tracking server is up", "check the workspace and its status")
     )
+
+
+def _transition(name: str, version: str, stage: str, archive: bool, comment: str) -> Json:
+    """The body of an approval or a transition: the API requires archive_existing_versions."""
+    return {
+        "name": name,
+        "version": version,
+        "stage": stage,
+        "archive_existing_versions": archive,
+        "comment": comment,
+    }
