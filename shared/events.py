@@ -64,8 +64,14 @@ class GateEvent:
             raise EventError(f"malformed event {data.get('event_id')!r}: {exc}") from None
 
 
-# The MLflow webhook events the gate subscribes to.
-SUBSCRIBED = ("model_version_tag.set", "model_version_alias.created", "model_version_alias.deleted")
+# The MLflow webhook events the gate subscribes to. A version created with governance.request
+# among its tags sends no tag.set, only model_version.created.
+SUBSCRIBED = (
+    "model_version_tag.set",
+    "model_version_alias.created",
+    "model_version_alias.deleted",
+    "model_version.created",
+)
 
 
 def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> GateEvent | None:
@@ -96,6 +102,25 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
             kind=Kind.REQUEST,
             version=_version(data),
             target=_str(data, "value", where="data.", allow_empty=True),
+            received_at=received_at,
+            webhook_event=name,
+        )
+    if name == "model_version.created":
+        version_tags = data.get("tags")
+        if version_tags is None:
+            return None
+        if not isinstance(version_tags, dict):
+            raise EventError("field 'data.tags' must be an object")
+        requested = version_tags.get(tags.REQUEST)
+        if requested is None:
+            return None  # a version without a request: nothing to decide yet
+        if not isinstance(requested, str):
+            raise EventError(f"field 'data.tags.{tags.REQUEST}' must be a string")
+        return GateEvent(
+            **common,
+            kind=Kind.REQUEST,
+            version=_version(data),
+            target=requested,
             received_at=received_at,
             webhook_event=name,
         )

@@ -199,6 +199,7 @@ def test_webhook_register_updates_the_existing_webhook(stack: Stack) -> None:
         "model_version_tag.set",
         "model_version_alias.created",
         "model_version_alias.deleted",
+        "model_version.created",
     }
 
 
@@ -228,4 +229,18 @@ def test_a_request_set_again_after_a_fix_is_decided_again(stack: Stack) -> None:
     # Then the gate decides again, on the version as it is now
     tags = stack.wait_for_decision(model, mv.version, count=2)
     assert tags["governance.status"] == "approved"
+    assert stack.alias_version(model, "champion") == mv.version
+
+
+def test_a_version_created_with_a_request_tag_is_decided(stack: Stack) -> None:
+    # Given a version registered with governance.request among its tags (MLflow sends no tag.set)
+    model = stack.new_model()
+    run = stack.client.create_run(experiment_id="0")
+    stack.client.log_metric(run.info.run_id, "validation_accuracy", 0.96)
+    mv = stack.client.create_model_version(
+        model, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
+        description="registered with its request", tags={REQUEST: "champion"},
+    )  # fmt: skip
+    # Then its model_version.created webhook is enough for a decision
+    assert stack.wait_for_decision(model, mv.version)["governance.status"] == "approved"
     assert stack.alias_version(model, "champion") == mv.version

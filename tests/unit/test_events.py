@@ -146,7 +146,7 @@ def test_other_tags_including_the_gates_own_are_ignored(key: str) -> None:
     ("entity", "action", "data"),
     [
         ("model_version_tag", "deleted", ModelVersionTagDeletedPayload.example()),
-        ("model_version", "created", ModelVersionCreatedPayload.example()),
+        ("model_version", "updated", ModelVersionCreatedPayload.example()),
         ("registered_model", "created", RegisteredModelCreatedPayload.example()),
         ("prompt_alias", "created", PromptAliasCreatedPayload.example()),
         ("model_version_alias", "updated", ModelVersionAliasCreatedPayload.example()),
@@ -156,6 +156,31 @@ def test_other_tags_including_the_gates_own_are_ignored(key: str) -> None:
 def test_unsubscribed_events_are_ignored(entity: str, action: str, data: Any) -> None:
     assert f"{entity}.{action}" not in SUBSCRIBED
     assert parse(webhook(entity, action, data)) is None
+
+
+def test_a_version_created_with_a_request_tag_is_a_request() -> None:
+    # Given a version created with governance.request among its tags (no tag.set is sent then)
+    data = {**ModelVersionCreatedPayload.example(), "tags": {tags.REQUEST: "Production"}}
+    # When its model_version.created webhook is parsed
+    event = parse(webhook("model_version", "created", data))
+    # Then it is a request for that version and target
+    assert event is not None
+    assert (event.kind, event.model, event.version, event.target) == (
+        Kind.REQUEST, "example_model", "1", "Production",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("version_tags", [{}, {"example_key": "v"}, None])
+def test_a_version_created_without_a_request_is_ignored(version_tags: Any) -> None:
+    data = {**ModelVersionCreatedPayload.example(), "tags": version_tags}
+    assert parse(webhook("model_version", "created", data)) is None
+
+
+@pytest.mark.parametrize("version_tags", [["governance.request"], {tags.REQUEST: 1}])
+def test_a_version_created_with_malformed_tags_is_an_event_error(version_tags: Any) -> None:
+    data = {**ModelVersionCreatedPayload.example(), "tags": version_tags}
+    with pytest.raises(EventError, match=r"data\.tags"):
+        parse(webhook("model_version", "created", data))
 
 
 def test_an_unsubscribed_event_is_ignored_without_looking_at_its_data() -> None:
@@ -393,7 +418,7 @@ def test_arbitrary_json_gives_none_an_event_or_an_event_error(value: Any) -> Non
 @given(
     name=st.sampled_from(SUBSCRIBED),
     data=st.dictionaries(
-        st.sampled_from(["name", "version", "key", "value", "alias", "other"]),
+        st.sampled_from(["name", "version", "key", "value", "alias", "tags", "other"]),
         json_values | st.just(tags.REQUEST),
     ),
 )
