@@ -36,7 +36,7 @@ def create_app(
     publish: Publish | None = None,
 ) -> Flask:
     settings.require_webhook_secret()
-    if not settings.webhook_secret:
+    if settings.allow_unsigned and not settings.webhook_secret:
         log.warning("GATE_ALLOW_UNSIGNED=true: webhooks are NOT verified. Development only!")
     client = redis_client or redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=1
@@ -71,6 +71,9 @@ def create_app(
         body = request.get_data(cache=False)
         headers = request.headers
         delivery_id = headers.get(signing.DELIVERY_ID_HEADER)
+        if not settings.webhook_secret and not settings.allow_unsigned:
+            message = "this receiver has no GATE_WEBHOOK_SECRET, so it takes no MLflow webhooks"
+            return answer(401, "unauthorized", message)
         if settings.webhook_secret:
             try:
                 signing.verify(

@@ -124,8 +124,13 @@ class Settings:
         return settings
 
     def require_webhook_secret(self) -> None:
-        """The receiver refuses to start without a secret, unless unsigned mode is asked for."""
-        if not self.webhook_secret and not self.allow_unsigned:
+        """The receiver refuses to start without a secret, unless unsigned mode is asked for.
+
+        A receiver for Databricks only (GATE_DATABRICKS_WEBHOOK_SECRET or _AUTHORIZATION set)
+        starts without GATE_WEBHOOK_SECRET; its MLflow route then refuses every webhook (401).
+        """
+        databricks = self.databricks_webhook_secret or self.databricks_webhook_authorization
+        if not self.webhook_secret and not self.allow_unsigned and not databricks:
             raise ConfigError(
                 "GATE_WEBHOOK_SECRET is not set: the receiver cannot verify that webhooks come "
                 "from MLflow. Set it to the secret the webhook was registered with "

@@ -294,3 +294,13 @@ def test_the_route_answers_400_ignored_and_does_not_exist_unconfigured() -> None
     assert not sink.published
     unconfigured, _, _ = client()
     assert unconfigured.post(URL, data=body()).status_code == 404
+
+
+def test_a_receiver_for_databricks_only_starts_and_refuses_mlflow_webhooks() -> None:
+    # Given only the Databricks webhook secret (no GATE_WEBHOOK_SECRET)
+    settings = Settings(databricks_webhook_secret="dbx-secret")
+    app = create_app(settings, redis_client=fakeredis.FakeRedis(), publish=lambda event: None)
+    # When an MLflow webhook arrives, Then it is refused: nothing can verify it
+    response = app.test_client().post("/webhooks/mlflow", data=b"{}")
+    assert response.status_code == 401
+    assert "GATE_WEBHOOK_SECRET" in response.json["message"]
