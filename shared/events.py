@@ -25,12 +25,13 @@ class Kind(str, Enum):
 
 
 DATABRICKS_SOURCE = "databricks"
+DATABRICKS_SWEEP_SOURCE = "databricks-sweep"  # open requests the Databricks sweep found
 
 
 @dataclass(frozen=True)
 class GateEvent:
     event_id: str
-    source: str  # "mlflow", "sweep", "databricks"
+    source: str  # "mlflow", "sweep", "databricks", "databricks-sweep"
     kind: Kind
     model: str
     version: str | None  # the version the event named, if any

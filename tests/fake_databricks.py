@@ -5,6 +5,10 @@ the gate uses, over real HTTP on loopback, strict the way the real API is strict
 - Bodies are type-checked: a missing `archive_existing_versions`, a version sent as a number, a
   boolean sent as a string are refused with 400 INVALID_PARAMETER_VALUE.
 - Approving or rejecting a request that is not open is refused with 404 RESOURCE_DOES_NOT_EXIST.
+- Listings page as documented: `registered-models/list` (max_results <= 1000, default 100) and
+  `model-versions/search` (max_results <= 10000) answer `next_page_token` while more remain; a
+  max_results out of range or a page token the server did not issue is refused with 400.
+  `page_limit` caps every page, as a server may, so that tests see pagination.
 - Registry webhooks created through the API receive the events, signed as Databricks signs them
   (hex HMAC-SHA256 of the body, computed here with hmac/hashlib, independently of the gate):
   TRANSITION_REQUEST_CREATED when a test asks for a transition, and
@@ -15,6 +19,7 @@ Every call is recorded in `calls` (method, path, params, body) for the tests to 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.server
@@ -84,6 +89,7 @@ class FakeDatabricks:
     def __init__(self, token: str) -> None:
         self.token = token
         self.down = False  # answer 503 to everything (a workspace outage)
+        self.page_limit: int | None = None  # a server-side cap on every listing page
         self.state = Workspace()
         self.calls: list[Call] = []
         self.deliveries: list[Delivery] = []
@@ -165,8 +171,11 @@ class FakeDatabricks:
                 **({"run_id": run_id} if run_id else {}),
             }
 
-    def request_transition(self, model: str, version: str, stage: str, user: str) -> bytes:
-        """A user asks for a transition: the request opens and the webhook fires."""
+    def request_transition(
+        self, model: str, version: str, stage: str, user: str, *, deliver: bool = True
+    ) -> bytes:
+        """A user asks for a transition: the request opens and the webhook fires (unless
+        `deliver` is false: a webhook Databricks could not deliver)."""
         with self.lock:
             now = int(time.time() * 1000)
             mv = self.state.versions[(model, version)]
@@ -183,7 +192,7 @@ class FakeDatabricks:
             payload = self.payload(
                 "TRANSITION_REQUEST_CREATED", model, version, stage, mv["current_stage"]
             )
-        return self.fire(payload)
+        return self.fire(payload) if deliver else payload
 
     def move_outside(self, model: str, version: str, stage: str) -> bytes:
         """Someone with the right permission moves a version directly, without a request."""
@@ -281,6 +290,7 @@ class FakeDatabricks:
         route = {
             ("GET", "/api/2.0/mlflow/model-versions/get"): self._get_version,
             ("GET", "/api/2.0/mlflow/model-versions/search"): self._search_versions,
+            ("GET", "/api/2.0/mlflow/registered-models/list"): self._list_models,
             ("GET", "/api/2.0/mlflow/runs/get"): self._get_run,
             ("GET", "/api/2.0/mlflow/transition-requests/list"): self._list_requests,
             ("POST", "/api/2.0/mlflow/transition-requests/approve"): self._approve,
@@ -316,7 +326,57 @@ class FakeDatabricks:
             raise ApiError(400, "INVALID_PARAMETER_VALUE", f"unsupported filter {text!r}")
         name = text[len("name='") : -1].replace("\\'", "'")
         found = [dict(mv) for (n, _), mv in self.state.versions.items() if n == name]
-        return {"model_versions": found}
+        return self._page(params, "model_versions", found, default=10_000, maximum=10_000)
+
+    def _list_models(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
+        names = sorted({n for n, _ in self.state.versions})
+        models = [
+            {
+                "name": n,
+                "creation_timestamp": min(
+                    int(mv["creation_timestamp"])
+                    for (m, _), mv in self.state.versions.items()
+                    if m == n
+                ),
+            }
+            for n in names
+        ]
+        return self._page(params, "registered_models", models, default=100, maximum=1000)
+
+    def _page(
+        self,
+        params: dict[str, str],
+        key: str,
+        items: list[dict[str, Any]],
+        *,
+        default: int,
+        maximum: int,
+    ) -> dict[str, Any]:
+        size = default
+        if "max_results" in params:
+            raw = params["max_results"]
+            if not raw.lstrip("-").isdigit() or not 0 < int(raw) <= maximum:
+                raise ApiError(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    f"Invalid value {raw!r} for parameter 'max_results': at most {maximum}",
+                )
+            size = int(raw)
+        if self.page_limit is not None:
+            size = min(size, self.page_limit)
+        start = 0
+        if "page_token" in params:
+            try:
+                start = int(json.loads(base64.urlsafe_b64decode(params["page_token"]))["offset"])
+            except (ValueError, TypeError, KeyError):
+                start = -1
+            if start < 0:
+                raise ApiError(400, "INVALID_PARAMETER_VALUE", "Invalid page token")
+        answer: dict[str, Any] = {key: items[start : start + size]}
+        if start + size < len(items):
+            token = json.dumps({"offset": start + size}).encode()
+            answer["next_page_token"] = base64.urlsafe_b64encode(token).decode()
+        return answer
 
     def _get_run(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
         run = self.state.runs.get(_param(params, "run_id"))

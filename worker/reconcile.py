@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from shared import tags
 from shared.errors import MlflowNotFound, PermanentError
 from shared.evaluation import Decision, evaluate
-from shared.events import DATABRICKS_SOURCE, GateEvent, Kind
+from shared.events import DATABRICKS_SOURCE, DATABRICKS_SWEEP_SOURCE, GateEvent, Kind
 from shared.policy import PolicySet, Target, archive_existing
 from worker.decisions import DecisionLog, Record, record
 from worker.facts import gather, holder_version, tag_map
@@ -46,7 +46,7 @@ class Reconciler:
 
     def handle(self, event: GateEvent) -> str:
         """Reconcile the event's subject; returns what was done, for the log."""
-        if event.source == DATABRICKS_SOURCE:
+        if event.source in (DATABRICKS_SOURCE, DATABRICKS_SWEEP_SOURCE):
             if self.databricks is None:
                 raise PermanentError(
                     "a Databricks event, but GATE_DATABRICKS_HOST is not set on this worker; "

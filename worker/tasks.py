@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -15,10 +16,11 @@ from redis.exceptions import LockNotOwnedError
 
 from shared import keys
 from shared.errors import EventError, PermanentError, TransientError
-from shared.events import DATABRICKS_SOURCE, GateEvent
+from shared.events import DATABRICKS_SOURCE, DATABRICKS_SWEEP_SOURCE, GateEvent
 from shared.logs import event_context
 from shared.queue import publisher
 from worker import runtime
+from worker.databricks_sweep import sweep_databricks
 from worker.metrics import DEAD_LETTERS, RETRIES
 from worker.redrive import redrive as redrive_dead_letters
 from worker.sweep import SWEEP_SOURCE
@@ -132,9 +134,38 @@ def _dead_letter_on_failure(
 
 @shared_task(name=keys.TASK_SWEEP)  # type: ignore[untyped-decorator]
 def sweep() -> str:
+    """The open-source sweep, then the Databricks one when a workspace is configured. Each runs
+    on its own: one failing (no MLflow in a Databricks-only deployment, a workspace outage) is
+    logged and does not keep the other from running; the next interval tries again."""
     rt = runtime.current()
-    report = str(sweep_mlflow(rt.clients.api, rt.policies, publisher(sweep.app)))
-    log.info(report)
+    clients = rt.clients
+    publish = publisher(sweep.app)
+    reports = [_sweep_safely("sweep", lambda: sweep_mlflow(clients.api, rt.policies, publish))]
+    databricks = clients.reconciler.databricks
+    if databricks is not None:
+        reports.append(
+            _sweep_safely(
+                "Databricks sweep",
+                lambda: sweep_databricks(databricks.api, rt.policies, publish),
+            )
+        )
+    return "; ".join(reports)
+
+
+def _sweep_safely(name: str, run: Callable[[], object]) -> str:
+    try:
+        report = str(run())
+    except (TransientError, redis.RedisError) as exc:
+        report = f"{name} failed, trying again next interval: {type(exc).__name__}: {exc}"
+        log.warning("%s", report)
+    except PermanentError as exc:
+        report = f"{name} failed: {type(exc).__name__}: {exc}"
+        log.error("%s", report)
+    except Exception as exc:  # a bug: log it, and let the other sweep run
+        report = f"{name} failed: {type(exc).__name__}: {exc}"
+        log.exception("%s", report)
+    else:
+        log.info("%s", report)
     return report
 
 
@@ -148,6 +179,7 @@ def redrive() -> str:
     databricks = clients.reconciler.databricks
     if databricks is not None:
         health[DATABRICKS_SOURCE] = databricks.api.healthy
+        health[DATABRICKS_SWEEP_SOURCE] = databricks.api.healthy
     result = redrive_dead_letters(
         clients.deadletters, health, publisher(redrive.app), rt.settings.redrive_batch
     )

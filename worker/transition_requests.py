@@ -3,7 +3,8 @@
 - A transition request (TRANSITION_REQUEST_CREATED): if it is still open, read the version, its
   run and the holders of compared stages from the workspace, evaluate the policy and approve or
   reject the request with a comment naming the checks. A request no longer open (someone else
-  approved, rejected or withdrew it) is recorded as `skipped`, and nothing is done.
+  approved, rejected or withdrew it) is recorded as `skipped`, and nothing is done; for an
+  event of the sweep (worker/databricks_sweep.py) nothing is recorded either.
 - A stage transition (MODEL_VERSION_TRANSITIONED_STAGE): a version in a governed stage that the
   gate did not approve is a `violation`; it is moved back only when a covering policy says
   `on_violation: revert`.
@@ -23,7 +24,7 @@ import redis
 from shared import keys
 from shared.errors import MlflowRequestError
 from shared.evaluation import Decision, evaluate
-from shared.events import GateEvent, Kind
+from shared.events import DATABRICKS_SWEEP_SOURCE, GateEvent, Kind
 from shared.policy import Policy, PolicySet, Target, archive_existing, reverts_violations
 from worker.databricks_api import DatabricksApi
 from worker.databricks_metrics import VIOLATIONS
@@ -101,19 +102,28 @@ class DatabricksReconciler:
         if event.version is None or not event.target:
             return f"nothing to do for {event.kind.value} without a version and a stage"
         if event.kind is Kind.TRANSITION_REQUESTED:
-            return self.request(event.model, event.version, event.target, event.event_id)
+            from_sweep = event.source == DATABRICKS_SWEEP_SOURCE
+            return self.request(
+                event.model, event.version, event.target, event.event_id, only_if_open=from_sweep
+            )
         if event.kind is Kind.STAGE_TRANSITIONED:
             return self.transitioned(
                 event.model, event.version, event.target, event.from_stage, event.event_id
             )
         return f"nothing to do for Databricks {event.kind.value}"
 
-    def request(self, model: str, version: str, stage: str, event_id: str) -> str:
-        """Decide the version's open transition request to `stage`."""
+    def request(
+        self, model: str, version: str, stage: str, event_id: str, *, only_if_open: bool = False
+    ) -> str:
+        """Decide the version's open transition request to `stage`.
+
+        `only_if_open` (the sweep's events): a request no longer open was decided meanwhile,
+        most likely by its own webhook's event; nothing is recorded for it.
+        """
         target = Target.parse(stage)
         pending = open_request(self.api.list_transition_requests(model, version), target.name)
         if pending is None:
-            return self._no_longer_open(model, version, target, event_id)
+            return self._no_longer_open(model, version, target, event_id, quiet=only_if_open)
         policies = self.policies.covering(model, target)
         now = self.clock()
         facts = gather(
@@ -149,7 +159,7 @@ class DatabricksReconciler:
             # Someone acted between the list and our answer: that is not a failure.
             if open_request(self.api.list_transition_requests(model, version), target.name):
                 raise
-            return self._no_longer_open(model, version, target, event_id)
+            return self._no_longer_open(model, version, target, event_id, quiet=only_if_open)
         reason = f"{decision.reason} {done}"
         self._append(model, version, decision, reason, event_id)
         verdict = "approved" if decision.approved else "rejected"
@@ -194,7 +204,11 @@ class DatabricksReconciler:
         self._append(model, version, decision, reason, event_id, outcome=VIOLATION)
         return f"{model} v{version} in {target} outside the gate: violation {action}"
 
-    def _no_longer_open(self, model: str, version: str, target: Target, event_id: str) -> str:
+    def _no_longer_open(
+        self, model: str, version: str, target: Target, event_id: str, *, quiet: bool = False
+    ) -> str:
+        if quiet:
+            return f"{model} v{version}: its transition request to {target} was decided meanwhile"
         reason = (
             f"The transition request of version {version} to {target} is no longer open "
             "(approved, rejected or withdrawn by someone else): nothing done."

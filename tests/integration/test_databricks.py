@@ -270,3 +270,29 @@ def test_rollback_puts_the_stage_back_on_the_previous_approved_version(dbx: Work
     time.sleep(2)
     stack.idle()
     assert all(d["outcome"] != "violation" for d in stack.decisions(model))
+
+
+def test_a_request_whose_webhook_was_lost_is_decided_once_by_the_sweep(dbx: Workspace) -> None:
+    fake, stack, model = dbx.fake, dbx.stack, dbx.model()
+    fake.add_version(model, "1", creator="alice", metrics={"validation_accuracy": 0.95})
+    # The request opens in the workspace, but its webhook never reaches the gate.
+    fake.request_transition(model, "1", "Production", user="bob", deliver=False)
+    assert not [d for d in list(fake.deliveries) if json.loads(d.body)["model_name"] == model]
+    time.sleep(2)
+    assert not fake.calls_to("transition-requests/approve", model)  # no sweep runs yet
+    stack.start_worker("beat-worker", beat=True)  # GATE_SWEEP_INTERVAL_SECONDS=1
+    try:
+        dbx.wait_calls("transition-requests/approve", model)
+        assert fake.stage_of(model, "1") == "Production" and not fake.open_requests(model, "1")
+        # Later sweeps find nothing open: decided once, and nothing else in the audit trail.
+        sweeps = len(fake.calls_to("registered-models/list"))
+        wait_until(
+            lambda: len(fake.calls_to("registered-models/list")) >= sweeps + 2,
+            30,
+            what=f"two more sweeps\n{stack.logs()}",
+        )
+        stack.idle()
+        assert len(fake.calls_to("transition-requests/approve", model)) == 1
+        assert [d["outcome"] for d in dbx.decisions(model)] == ["approved"]
+    finally:
+        stack.stop("beat-worker")
