@@ -7,7 +7,7 @@ reads the current state from MLflow, so a duplicate or a late event does no harm
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -16,44 +16,76 @@ from shared.errors import EventError
 
 
 class Kind(str, Enum):
-    REQUEST = "request"  # governance.request was set on a version
+    """What happened. A request asks the gate to decide; the others move a target, which the
+    gate guards."""
+
+    REQUEST = "request"  # governance.request set on a version, or a transition request made
     ALIAS_CREATED = "alias_created"  # an alias was set (by anyone, the gate included)
     ALIAS_DELETED = "alias_deleted"
-    # Databricks workspace registry (source "databricks"):
-    TRANSITION_REQUESTED = "transition_requested"  # a transition request was created
     STAGE_TRANSITIONED = "stage_transitioned"  # a version was moved to a stage (by anyone)
 
 
-DATABRICKS_SOURCE = "databricks"
-DATABRICKS_SWEEP_SOURCE = "databricks-sweep"  # open requests the Databricks sweep found
+class RegistryKind(str, Enum):
+    """Which model registry an event is about; each has its implementation in worker/registries."""
+
+    MLFLOW = "mlflow"  # open-source MLflow, over its REST API
+    DATABRICKS = "databricks"  # the Databricks workspace model registry
+
+
+class Origin(str, Enum):
+    """Where an event came from."""
+
+    WEBHOOK = "webhook"  # the registry told the receiver
+    SWEEP = "sweep"  # the periodic sweep found it owed (decide it only if still undecided)
+    REPLAY = "replay"  # an operator or the redrive replayed a dead letter
+    OPERATOR = "operator"  # an operator's command (rollback)
+
+
+# Events written before the registry/origin split named both in one `source` field.
+_LEGACY_SOURCES = {
+    "mlflow": (RegistryKind.MLFLOW, Origin.WEBHOOK),
+    "sweep": (RegistryKind.MLFLOW, Origin.SWEEP),
+    "databricks": (RegistryKind.DATABRICKS, Origin.WEBHOOK),
+    "databricks-sweep": (RegistryKind.DATABRICKS, Origin.SWEEP),
+}
+_LEGACY_KINDS = {"transition_requested": Kind.REQUEST}
 
 
 @dataclass(frozen=True)
 class GateEvent:
     event_id: str
-    source: str  # "mlflow", "sweep", "databricks", "databricks-sweep"
+    registry: RegistryKind
+    origin: Origin
     kind: Kind
     model: str
     version: str | None  # the version the event named, if any
     target: str | None  # the requested target, or the alias
     received_at: float  # Unix time at the receiver
     webhook_event: str  # e.g. "model_version_tag.set"
-    from_stage: str | None = None  # Databricks: the stage a transitioned version came from
+    from_stage: str | None = None  # the stage a transitioned version came from, if known
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind.value
+        data["registry"] = self.registry.value
+        data["origin"] = self.origin.value
         return data
+
+    def replayed(self) -> GateEvent:
+        return replace(self, origin=Origin.REPLAY)
 
     @classmethod
     def from_dict(cls, data: Any) -> GateEvent:
         if not isinstance(data, dict):
             raise EventError(f"an event must be a JSON object, not {type(data).__name__}")
         try:
+            registry, origin = _registry_and_origin(data)
+            kind = data.get("kind")
             return cls(
                 event_id=_str(data, "event_id"),
-                source=_str(data, "source"),
-                kind=Kind(data.get("kind")),
+                registry=registry,
+                origin=origin,
+                kind=_LEGACY_KINDS.get(str(kind)) or Kind(kind),
                 model=_str(data, "model"),
                 version=_opt_str(data, "version"),
                 target=_opt_str(data, "target"),
@@ -63,6 +95,15 @@ class GateEvent:
             )
         except (ValueError, TypeError) as exc:
             raise EventError(f"malformed event {data.get('event_id')!r}: {exc}") from None
+
+
+def _registry_and_origin(data: dict[str, Any]) -> tuple[RegistryKind, Origin]:
+    if "registry" in data or "source" not in data:
+        return RegistryKind(data.get("registry")), Origin(data.get("origin"))
+    legacy = _LEGACY_SOURCES.get(_str(data, "source"))
+    if legacy is None:
+        raise ValueError(f"unknown source {data.get('source')!r}")
+    return legacy
 
 
 # The MLflow webhook events the gate subscribes to. A version created with governance.request
@@ -94,7 +135,12 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
     if not isinstance(data, dict):
         raise EventError("field 'data' is missing or not an object")
     model = _str(data, "name", where="data.")
-    common = {"event_id": event_id, "source": "mlflow", "model": model}
+    common = {
+        "event_id": event_id,
+        "registry": RegistryKind.MLFLOW,
+        "origin": Origin.WEBHOOK,
+        "model": model,
+    }
     if name == "model_version_tag.set":
         if _str(data, "key", where="data.") != tags.REQUEST:
             return None  # any other tag, the gate's own decision tags included: no loop

@@ -1,17 +1,42 @@
-"""One settings object, built once from the environment and passed in explicitly."""
+"""One settings object, built once from the environment and passed in explicitly.
+
+Each default is written once, on the field; `from_env` reads each variable through a small table
+of parsers that fall back to the field's default.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from shared.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class DatabricksSettings:
+    """A second registry: the workspace model registry of GATE_DATABRICKS_HOST (transition
+    requests, registry webhooks). Absent from Settings when none of its variables is set."""
+
+    host: str | None = None  # None: the workers do not talk to a workspace
+    token: str | None = None
+    webhook_secret: str | None = None
+    webhook_authorization: str | None = None
+
+    @property
+    def has_workspace(self) -> bool:
+        """The workers decide this registry's events (host and token set)."""
+        return self.host is not None
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        return bool(self.webhook_secret or self.webhook_authorization)
 
 
 @dataclass(frozen=True)
@@ -46,91 +71,65 @@ class Settings:
     # Decisions for one model are serialised by a lock that expires by itself, so that a worker
     # killed while holding it blocks that model for this long at most. Longer than a reconcile.
     model_lock_seconds: float = 60.0
-    # Databricks workspace model registry (transition requests); all optional.
-    databricks_host: str | None = None
-    databricks_token: str | None = None
-    databricks_webhook_secret: str | None = None
-    databricks_webhook_authorization: str | None = None
+    # The Databricks workspace registry (GATE_DATABRICKS_*); None when not configured.
+    databricks: DatabricksSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        policy_file = env.get("GATE_POLICY_FILE") or None
+        read = _Reader(env, {f.name: f.default for f in fields(cls)})
         settings = cls(
-            mlflow_tracking_uri=(env.get("MLFLOW_TRACKING_URI") or cls.mlflow_tracking_uri).rstrip(
-                "/"
+            mlflow_tracking_uri=read.text("MLFLOW_TRACKING_URI", "mlflow_tracking_uri").rstrip("/"),
+            mlflow_token=read.optional("MLFLOW_TRACKING_TOKEN"),
+            mlflow_username=read.optional("MLFLOW_TRACKING_USERNAME"),
+            mlflow_password=read.optional("MLFLOW_TRACKING_PASSWORD"),
+            mlflow_insecure_tls=read.boolean("MLFLOW_TRACKING_INSECURE_TLS", "mlflow_insecure_tls"),
+            mlflow_timeout_seconds=read.number(
+                "GATE_MLFLOW_TIMEOUT_SECONDS", "mlflow_timeout_seconds", minimum=0.1
             ),
-            mlflow_token=env.get("MLFLOW_TRACKING_TOKEN") or None,
-            mlflow_username=env.get("MLFLOW_TRACKING_USERNAME") or None,
-            mlflow_password=env.get("MLFLOW_TRACKING_PASSWORD") or None,
-            mlflow_insecure_tls=_bool(env, "MLFLOW_TRACKING_INSECURE_TLS", False),
-            mlflow_timeout_seconds=_number(env, "GATE_MLFLOW_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-            redis_url=env.get("GATE_REDIS_URL") or cls.redis_url,
-            webhook_secret=env.get("GATE_WEBHOOK_SECRET") or None,
-            allow_unsigned=_bool(env, "GATE_ALLOW_UNSIGNED", False),
-            policy_file=Path(policy_file) if policy_file else None,
-            retry_max_attempts=int(
-                _number(env, "GATE_RETRY_MAX_ATTEMPTS", 16, minimum=1, whole=True)
+            redis_url=read.text("GATE_REDIS_URL", "redis_url"),
+            webhook_secret=read.optional("GATE_WEBHOOK_SECRET"),
+            allow_unsigned=read.boolean("GATE_ALLOW_UNSIGNED", "allow_unsigned"),
+            policy_file=Path(p) if (p := read.optional("GATE_POLICY_FILE")) else None,
+            retry_max_attempts=read.whole("GATE_RETRY_MAX_ATTEMPTS", "retry_max_attempts", 1),
+            retry_backoff_seconds=read.number(
+                "GATE_RETRY_BACKOFF_SECONDS", "retry_backoff_seconds", minimum=0
             ),
-            retry_backoff_seconds=_number(env, "GATE_RETRY_BACKOFF_SECONDS", 10.0, minimum=0),
-            retry_backoff_max_seconds=_number(
-                env, "GATE_RETRY_BACKOFF_MAX_SECONDS", 300.0, minimum=0
+            retry_backoff_max_seconds=read.number(
+                "GATE_RETRY_BACKOFF_MAX_SECONDS", "retry_backoff_max_seconds", minimum=0
             ),
-            dedupe_ttl_seconds=int(
-                _number(env, "GATE_DEDUPE_TTL_SECONDS", 86_400, minimum=1, whole=True)
+            dedupe_ttl_seconds=read.whole("GATE_DEDUPE_TTL_SECONDS", "dedupe_ttl_seconds", 1),
+            log_level=read.text("GATE_LOG_LEVEL", "log_level").upper(),
+            log_format=read.text("GATE_LOG_FORMAT", "log_format").lower(),
+            worker_metrics_port=read.whole("GATE_WORKER_METRICS_PORT", "worker_metrics_port", 0),
+            flower_user=read.optional("GATE_FLOWER_USER"),
+            flower_password=read.optional("GATE_FLOWER_PASSWORD"),
+            admin_token=read.optional("GATE_ADMIN_TOKEN"),
+            max_deliveries=read.whole("GATE_MAX_DELIVERIES", "max_deliveries", 1),
+            redrive_enabled=read.boolean("GATE_REDRIVE_ENABLED", "redrive_enabled"),
+            redrive_interval_seconds=read.number(
+                "GATE_REDRIVE_INTERVAL_SECONDS", "redrive_interval_seconds", minimum=0.1
             ),
-            log_level=(env.get("GATE_LOG_LEVEL") or "INFO").upper(),
-            log_format=(env.get("GATE_LOG_FORMAT") or "auto").lower(),
-            worker_metrics_port=int(
-                _number(env, "GATE_WORKER_METRICS_PORT", 9808, minimum=0, whole=True)
+            redrive_batch=read.whole("GATE_REDRIVE_BATCH", "redrive_batch", 1),
+            sweep_interval_seconds=read.number(
+                "GATE_SWEEP_INTERVAL_SECONDS", "sweep_interval_seconds", minimum=0.1
             ),
-            flower_user=env.get("GATE_FLOWER_USER") or None,
-            flower_password=env.get("GATE_FLOWER_PASSWORD") or None,
-            admin_token=env.get("GATE_ADMIN_TOKEN") or None,
-            max_deliveries=int(_number(env, "GATE_MAX_DELIVERIES", 5, minimum=1, whole=True)),
-            redrive_enabled=_bool(env, "GATE_REDRIVE_ENABLED", True),
-            redrive_interval_seconds=_number(
-                env, "GATE_REDRIVE_INTERVAL_SECONDS", 60.0, minimum=0.1
+            model_lock_seconds=read.number(
+                "GATE_MODEL_LOCK_SECONDS", "model_lock_seconds", minimum=1
             ),
-            redrive_batch=int(_number(env, "GATE_REDRIVE_BATCH", 50, minimum=1, whole=True)),
-            sweep_interval_seconds=_number(env, "GATE_SWEEP_INTERVAL_SECONDS", 300.0, minimum=0.1),
-            model_lock_seconds=_number(env, "GATE_MODEL_LOCK_SECONDS", 60.0, minimum=1),
-            databricks_host=(env.get("GATE_DATABRICKS_HOST") or "").strip().rstrip("/") or None,
-            databricks_token=env.get("GATE_DATABRICKS_TOKEN") or None,
-            databricks_webhook_secret=env.get("GATE_DATABRICKS_WEBHOOK_SECRET") or None,
-            databricks_webhook_authorization=(
-                env.get("GATE_DATABRICKS_WEBHOOK_AUTHORIZATION") or None
-            ),
+            databricks=_workspace(read),
         )
-        _check_databricks(settings)
-        if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri!r} is not an http(s) URL; "
-                "point it at the MLflow tracking server, e.g. http://localhost:5000"
-            )
-        if settings.retry_backoff_max_seconds < settings.retry_backoff_seconds:
-            raise ConfigError(
-                f"GATE_RETRY_BACKOFF_MAX_SECONDS={settings.retry_backoff_max_seconds:g} is below "
-                f"GATE_RETRY_BACKOFF_SECONDS={settings.retry_backoff_seconds:g}; raise the maximum"
-            )
-        if settings.log_format not in {"auto", "json", "text"}:
-            raise ConfigError(
-                f"GATE_LOG_FORMAT={settings.log_format!r} is not one of auto, json, text"
-            )
-        if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(
-                f"GATE_LOG_LEVEL={settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR"
-            )
+        _check(settings)
         return settings
 
     def require_webhook_secret(self) -> None:
         """The receiver refuses to start without a secret, unless unsigned mode is asked for.
 
-        A receiver for Databricks only (GATE_DATABRICKS_WEBHOOK_SECRET or _AUTHORIZATION set)
+        A receiver for the workspace registry only (its webhook secret or authorization set)
         starts without GATE_WEBHOOK_SECRET; its MLflow route then refuses every webhook (401).
         """
-        databricks = self.databricks_webhook_secret or self.databricks_webhook_authorization
-        if not self.webhook_secret and not self.allow_unsigned and not databricks:
+        workspace = self.databricks is not None and self.databricks.verifies_webhooks
+        if not self.webhook_secret and not self.allow_unsigned and not workspace:
             raise ConfigError(
                 "GATE_WEBHOOK_SECRET is not set: the receiver cannot verify that webhooks come "
                 "from MLflow. Set it to the secret the webhook was registered with "
@@ -143,45 +142,90 @@ class Settings:
         return float(min(delay, self.retry_backoff_max_seconds))
 
 
-def _check_databricks(settings: Settings) -> None:
-    host = settings.databricks_host
+def _workspace(read: _Reader) -> DatabricksSettings | None:
+    host = (read.optional("GATE_DATABRICKS_HOST") or "").strip().rstrip("/") or None
+    section = DatabricksSettings(
+        host=host,
+        token=read.optional("GATE_DATABRICKS_TOKEN"),
+        webhook_secret=read.optional("GATE_DATABRICKS_WEBHOOK_SECRET"),
+        webhook_authorization=read.optional("GATE_DATABRICKS_WEBHOOK_AUTHORIZATION"),
+    )
+    if section == DatabricksSettings():
+        return None
     if host is not None and not host.startswith(("http://", "https://")):
         raise ConfigError(
             f"GATE_DATABRICKS_HOST={host!r} is not an http(s) URL; give the workspace URL, "
             "e.g. https://adb-1234567890123456.7.azuredatabricks.net"
         )
-    if host is not None and not settings.databricks_token:
+    if host is not None and not section.token:
         raise ConfigError(
             "GATE_DATABRICKS_HOST is set but GATE_DATABRICKS_TOKEN is not: the gate needs a "
             "token allowed to approve transition requests (a service principal's, ideally)"
         )
+    return section
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+def _check(settings: Settings) -> None:
+    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri!r} is not an http(s) URL; "
+            "point it at the MLflow tracking server, e.g. http://localhost:5000"
+        )
+    if settings.retry_backoff_max_seconds < settings.retry_backoff_seconds:
+        raise ConfigError(
+            f"GATE_RETRY_BACKOFF_MAX_SECONDS={settings.retry_backoff_max_seconds:g} is below "
+            f"GATE_RETRY_BACKOFF_SECONDS={settings.retry_backoff_seconds:g}; raise the maximum"
+        )
+    if settings.log_format not in {"auto", "json", "text"}:
+        raise ConfigError(f"GATE_LOG_FORMAT={settings.log_format!r} is not one of auto, json, text")
+    if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(
+            f"GATE_LOG_LEVEL={settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR"
+        )
 
 
-def _number(
-    env: Mapping[str, str], name: str, default: float, *, minimum: float, whole: bool = False
-) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        kind = "a whole number" if whole else "a number"
-        raise ConfigError(f"{name}={raw!r} is not {kind}; e.g. {name}={default:g}") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{name}={raw!r} is not a finite number; e.g. {name}={default:g}")
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} is below the minimum of {minimum:g}")
-    return value
+class _Reader:
+    """Reads one variable each call; an unset or empty variable gives the field's default."""
+
+    def __init__(self, env: Mapping[str, str], defaults: Mapping[str, Any]) -> None:
+        self.env = env
+        self.defaults = defaults
+
+    def optional(self, name: str) -> str | None:
+        return self.env.get(name) or None
+
+    def text(self, name: str, field: str) -> str:
+        return self.env.get(name) or str(self.defaults[field])
+
+    def boolean(self, name: str, field: str) -> bool:
+        raw = self.env.get(name)
+        if raw is None:
+            return bool(self.defaults[field])
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+
+    def whole(self, name: str, field: str, minimum: int) -> int:
+        return int(self._parse(name, field, minimum, whole=True))
+
+    def number(self, name: str, field: str, *, minimum: float) -> float:
+        return float(self._parse(name, field, minimum, whole=False))
+
+    def _parse(self, name: str, field: str, minimum: float, *, whole: bool) -> float:
+        default = self.defaults[field]
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return float(default)
+        try:
+            value = int(raw) if whole else float(raw)
+        except ValueError:
+            kind = "a whole number" if whole else "a number"
+            raise ConfigError(f"{name}={raw!r} is not {kind}; e.g. {name}={default:g}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}={raw!r} is not a finite number; e.g. {name}={default:g}")
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} is below the minimum of {minimum:g}")
+        return value
