@@ -419,7 +419,7 @@ def decided_versions(api: Any, prefix: str) -> dict[tuple[str, str], str]:
     in one search call per 200 versions (cheap enough to poll)."""
     found: dict[tuple[str, str], str] = {}
     flt = f"name LIKE '{prefix}-%' AND tags.`{STATUS_TAG}` != ''"
-    for mv in api.search_model_versions(flt):
+    for mv in api.search_versions(flt):
         status = {t["key"]: t.get("value", "") for t in mv.get("tags", [])}.get(STATUS_TAG)
         if status:
             found[(str(mv["name"]), str(mv["version"]))] = status

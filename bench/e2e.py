@@ -11,7 +11,7 @@ one at a time (set, wait for the decision, next): the latency without queueing.
 
 Beside it, the baseline: the same facts fetched and the same decision applied by a plain
 sequential loop in this process, calling MLflow directly with the gate's own code
-(worker.reconcile.Reconciler.request: MlflowApi, facts.gather, evaluation.evaluate,
+(worker.pipeline.Pipeline: the MLflow registry, facts.gather, evaluation.evaluate,
 decisions.record), without webhooks, queue or Redis. The ratio of the per-decision times is the
 gate's overhead.
 
@@ -46,26 +46,39 @@ from _stack import (
     write_results,
 )
 
+from shared.events import GateEvent, Kind, Origin, RegistryKind
 from shared.policy import load_policies
-from worker.mlflow_api import MlflowApi
-from worker.reconcile import Reconciler
+from worker.pipeline import Pipeline
+from worker.registries import Registries, mlflow
+from worker.registries.endpoints import Endpoints
+from worker.rest import RestClient
 
 
-class CountingApi(MlflowApi):
-    """MlflowApi that counts its REST calls by method and path."""
+class CountingRest(RestClient):
+    """The gate's REST client, counting its calls by method and path."""
 
     calls: collections.Counter[str]
 
-    def call(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+    def call(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         method, path = args[0], str(args[1])
         self.calls[f"{method} {path.removeprefix('/api/2.0/mlflow/')}"] += 1
         return super().call(*args, **kwargs)
 
 
+def endpoints(uri: str) -> Endpoints:
+    return Endpoints(RestClient(mlflow.service(settings_for(uri))))
+
+
+def request_event(model: str, version: str, event_id: str) -> GateEvent:
+    return GateEvent(event_id, RegistryKind.MLFLOW, Origin.OPERATOR, Kind.REQUEST, model,
+                     version, "champion", time.time(), "bench")  # fmt: skip
+
+
 def baseline(stack: Stack, versions: list[tuple[str, str]]) -> dict[str, Any]:
-    api = CountingApi(settings_for(stack.mlflow_uri))
+    api = CountingRest(mlflow.service(settings_for(stack.mlflow_uri)))
     api.calls = collections.Counter()
-    reconciler = Reconciler(api, load_policies(stack.policy_file), no_decision_log())
+    registries = Registries({RegistryKind.MLFLOW: mlflow.MlflowRegistry(api)})
+    pipeline = Pipeline(registries, load_policies(stack.policy_file), no_decision_log())
     times: list[float] = []
     outcomes: collections.Counter[str] = collections.Counter()
     cpu_before = _cpu(stack)
@@ -73,7 +86,7 @@ def baseline(stack: Stack, versions: list[tuple[str, str]]) -> dict[str, Any]:
     begin = time.perf_counter()
     for i, (model, version) in enumerate(versions):
         t = time.perf_counter()
-        outcome = reconciler.request(model, version, f"baseline-{i}")
+        outcome = pipeline.handle(request_event(model, version, f"baseline-{i}"))
         times.append(time.perf_counter() - t)
         outcomes["approved" if " approved " in outcome else outcome] += 1
     total = time.perf_counter() - begin
@@ -95,7 +108,7 @@ def baseline(stack: Stack, versions: list[tuple[str, str]]) -> dict[str, Any]:
 def gate_round(
     stack: Stack, r: redis.Redis, versions: list[tuple[str, str]], prefix: str, poll: float
 ) -> dict[str, Any]:
-    api = MlflowApi(settings_for(stack.mlflow_uri))
+    api = endpoints(stack.mlflow_uri)
     set_at: dict[tuple[str, str], float] = {}
     seen_at: dict[tuple[str, str], float] = {}
     statuses: dict[tuple[str, str], str] = {}
@@ -160,12 +173,12 @@ def _cpu_delta(stack: Stack, before: dict[str, float], n: int) -> dict[str, floa
 
 def unloaded(stack: Stack, versions: list[tuple[str, str]], poll: float) -> dict[str, Any]:
     """One request at a time: set the tag, wait for the decision, then the next."""
-    api = MlflowApi(settings_for(stack.mlflow_uri))
+    api = endpoints(stack.mlflow_uri)
     latencies: list[float] = []
     for model, version in versions:
 
         def decided(model: str = model, version: str = version) -> bool:
-            mv = api.get_model_version(model, version)
+            mv = api.model_version(model, version)
             return any(t.get("key") == STATUS_TAG for t in mv.get("tags", []))
 
         t = time.time()

@@ -40,7 +40,9 @@ from _stack import (
     write_results,
 )
 
-from worker.mlflow_api import MlflowApi
+from worker.registries import mlflow
+from worker.registries.endpoints import Endpoints
+from worker.rest import RestClient
 
 VARIANTS: dict[str, dict[str, str]] = {
     "retry": {
@@ -96,7 +98,7 @@ def run_variant(
     restart = time.time()
     stack.start_mlflow()  # returns once /health answers
     healthy = time.time()
-    api = MlflowApi(settings_for(stack.mlflow_uri))
+    api = Endpoints(RestClient(mlflow.service(settings_for(stack.mlflow_uri))))
     prefix = versions[0][0].rsplit("-", 1)[0]
     seen: dict[tuple[str, str], float] = {}
     deadline = healthy + 120 + 2 * len(versions)

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
+from shared import tags
 from shared.evaluation import evaluate
 from shared.policy import Target, load_policies
 from shared.settings import Settings
 from worker.facts import gather
-from worker.mlflow_api import MlflowApi
+from worker.registries import open_source
 
 
 def explain(
     settings: Settings, model: str, version: str, target_text: str, echo: Callable[[str], None]
 ) -> int:
     policies = load_policies(settings.policy_file)
-    api = MlflowApi(settings)
+    registry = open_source(settings)
     target = Target.parse(target_text)
     covering = policies.covering(model, target)
-    decision = evaluate(
-        gather(api, api.get_model_version(model, version), target, covering), covering
+    candidate = registry.version(model, version)
+    facts = gather(
+        registry,
+        candidate,
+        target,
+        covering,
+        now_ms=int(time.time() * 1000),
+        requested_by=candidate.tags.get(tags.REQUESTED_BY) or None,
     )
+    decision = evaluate(facts, covering)
     echo(f"{model} version {version} -> {target.kind} '{target}' (policies from {policies.source})")
     for check in decision.checks:
         mark = "PASS" if check.passed else ("FAIL" if check.enforced else "FAIL (audit)")

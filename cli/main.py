@@ -130,14 +130,12 @@ def webhook() -> None:
 def webhook_register(url: str, name: str, databricks: bool, model: str | None) -> None:
     """Create, or update by name, the MLflow webhook with the secret and the gate's events;
     with --databricks, create the workspace's registry webhook instead."""
+    from cli import webhooks
+
     if databricks:
-        from cli.databricks_webhooks import register as register_databricks
-
-        click.echo(register_databricks(load_settings(), url=url, model=model))
+        click.echo(webhooks.register_workspace(load_settings(), url=url, model=model))
         return
-    from cli.webhooks import register
-
-    click.echo(register(load_settings(), url=url, name=name))
+    click.echo(webhooks.register(load_settings(), url=url, name=name))
 
 
 @main.command()
@@ -150,8 +148,10 @@ def rollback(model: str, target: str, reason: str, databricks: bool) -> None:
     """Put the alias or stage back on the previous version the gate approved. Exit 1 if there
     is none."""
     from cli.rollback import rollback as run
+    from shared.events import RegistryKind
 
-    code = run(load_settings(), model, target, reason, databricks=databricks, echo=click.echo)
+    kind = RegistryKind.DATABRICKS if databricks else RegistryKind.MLFLOW
+    code = run(load_settings(), model, target, reason, registry_kind=kind, echo=click.echo)
     sys.exit(code)
 
 

@@ -14,24 +14,26 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
 from redis.exceptions import LockNotOwnedError
 
-from shared import keys, tags
+from shared import keys
 from shared.errors import ConfigError, MlflowNotFound
 from shared.evaluation import Decision
+from shared.events import Origin, RegistryKind
+from shared.outcomes import Outcome
 from shared.policy import Target
 from shared.settings import Settings
 from worker.decisions import DecisionLog, Record, record
-from worker.facts import holder_version, tag_map
-from worker.mlflow_api import MlflowApi
+from worker.registries import one
+from worker.registry import Registry
 
-ROLLED_BACK = "rolled_back"
 POLICY = "operator-rollback"
-_COUNTED = (tags.APPROVED, tags.REJECTED, ROLLED_BACK)
+_COUNTED = (Outcome.APPROVED.value, Outcome.REJECTED.value, Outcome.ROLLED_BACK.value)
 
 
 def approved_history(entries: Iterable[Mapping[str, Any]], target: str) -> list[str]:
@@ -48,7 +50,7 @@ def approved_history(entries: Iterable[Mapping[str, Any]], target: str) -> list[
         if version in seen:
             continue
         seen.add(version)
-        if entry.get("outcome") == tags.APPROVED:
+        if entry.get("outcome") == Outcome.APPROVED.value:
             approved.append(version)
     return approved
 
@@ -59,17 +61,12 @@ def rollback(
     target_text: str,
     reason: str,
     *,
-    databricks: bool,
+    registry_kind: RegistryKind,
     echo: Callable[[str], None],
 ) -> int:
     if not reason.strip():
         raise ConfigError("--reason must say why (it is recorded with the decision)")
     target = Target.parse(target_text)
-    if databricks and not target.is_stage:
-        raise ConfigError(
-            f"--target {target_text!r} is not a stage: Databricks' workspace registry has stages "
-            "(Staging, Production, Archived), not aliases"
-        )
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     lock = client.lock(
         keys.model_lock(model),
@@ -80,30 +77,35 @@ def rollback(
         echo(f"model {model} is locked by a decision in progress; try again in a minute")
         return 1
     try:
-        flavour = _Databricks(settings, client) if databricks else _OpenSource(settings)
-        return _rollback(flavour, DecisionLog(client), model, target, reason.strip(), echo)
+        registry = one(settings, registry_kind, client)
+        if not target.is_stage and not registry.has_aliases:
+            raise ConfigError(
+                f"--target {target_text!r} is not a stage: {registry.name}'s registry has stages "
+                "(Staging, Production, Archived), not aliases"
+            )
+        return _rollback(registry, DecisionLog(client), model, target, reason.strip(), echo)
     finally:
         with contextlib.suppress(LockNotOwnedError):  # expired meanwhile: nothing to release
             lock.release()
 
 
 def _rollback(
-    flavour: _OpenSource,
+    registry: Registry,
     log: DecisionLog,
     model: str,
     target: Target,
     reason: str,
     echo: Callable[[str], None],
 ) -> int:
-    current = flavour.holder(model, target)
+    current = registry.holder(model, target)
     history = approved_history(log.recent(model=model, limit=keys.DECISIONS_MAX), target.name)
-    pointer = flavour.pointer(model, target)
+    pointer = registry.approved(model, target)
     if pointer is not None and pointer not in history:
-        history.append(pointer)  # the audit trail is bounded; the model's tag is not
+        history.append(pointer)  # the audit trail is bounded; the gate's own memory is not
     previous = None
     for version in (v for v in history if v != current):
         try:
-            flavour.api.get_model_version(model, version)
+            registry.version(model, version)
         except MlflowNotFound:
             continue  # deleted since
         previous = version
@@ -116,74 +118,27 @@ def _rollback(
             "still exists; nothing changed"
         )
         return 1
-    flavour.move(model, target, previous, reason)
-    now = datetime.now(timezone.utc)
-    event_id = f"rollback-{uuid.uuid4().hex}"
+    registry.remember(model, target, previous)  # before the move: its own event finds it
+    registry.put(model, target, previous, archive=True, note=f"rollback by operator: {reason}")
     text = (
         f"rollback by operator: {reason}. {target.kind.capitalize()} '{target}' moved from "
         f"version {current or '(none)'} back to version {previous}, the previous version the "
         "gate approved."
     )
     decision = Decision(True, target, (POLICY,), (), text)
-    flavour.record(log, Record(model, previous, decision, text, event_id, now))
+    approval = Record(
+        registry=registry.kind,
+        model=model,
+        version=previous,
+        decision=decision,
+        outcome=Outcome.APPROVED,
+        reason=text,
+        event_id=f"rollback-{uuid.uuid4().hex}",
+        origin=Origin.OPERATOR,
+        decided_at=datetime.now(timezone.utc),
+    )
+    record(registry, log, approval)
     if current is not None:
-        entry = Record(model, current, decision, text, event_id, now).log_entry()
-        entry["outcome"] = ROLLED_BACK
-        log.append(entry)
+        record(registry, log, replace(approval, version=current, outcome=Outcome.ROLLED_BACK))
     echo(f"rolled back {where}: version {current or '(none)'} -> version {previous}")
     return 0
-
-
-class _OpenSource:
-    """Open-source MLflow: move the alias (or transition the stage), keep the pointer tag."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.api: MlflowApi = MlflowApi(settings)
-
-    def holder(self, model: str, target: Target) -> str | None:
-        return holder_version(self.api, model, target)
-
-    def pointer(self, model: str, target: Target) -> str | None:
-        rm = self.api.get_registered_model(model)
-        return tag_map(rm).get(tags.approved_pointer(target.name))
-
-    def move(self, model: str, target: Target, version: str, reason: str) -> None:
-        # The pointer first: the alias's own webhook then finds the version already approved.
-        self.api.set_model_tag(model, tags.approved_pointer(target.name), version)
-        if target.is_stage:
-            self.api.transition_stage(model, version, target.name, archive_existing=True)
-        else:
-            self.api.set_alias(model, target.name, version)
-
-    def record(self, log: DecisionLog, rec: Record) -> None:
-        record(self.api, log, rec)
-
-
-class _Databricks(_OpenSource):
-    """Databricks' workspace registry: transition the stage with a comment; the gate's approval
-    is noted first so that the transition's own webhook is not taken for a violation."""
-
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
-        from worker.databricks_api import DatabricksApi
-        from worker.transition_requests import COMMENT_PREFIX, Approvals
-
-        self.databricks = DatabricksApi(settings)
-        self.api = self.databricks
-        self.approvals = Approvals(client)
-        self.comment_prefix = COMMENT_PREFIX
-
-    def pointer(self, model: str, target: Target) -> str | None:
-        return None  # the audit trail is the only history
-
-    def move(self, model: str, target: Target, version: str, reason: str) -> None:
-        self.approvals.add(model, target.name, version)
-        self.databricks.transition_stage_with_comment(
-            model,
-            version,
-            target.name,
-            archive_existing_versions=True,
-            comment=f"{self.comment_prefix}rollback by operator: {reason}",
-        )
-
-    def record(self, log: DecisionLog, rec: Record) -> None:
-        log.append(rec.log_entry())  # Databricks: the comment on the version, no gate tags

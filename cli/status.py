@@ -12,14 +12,18 @@ from shared import keys
 from shared.queue import create_celery
 from shared.settings import Settings
 from worker.decisions import DecisionLog
-from worker.mlflow_api import MlflowApi
+from worker.registries import open_source
+from worker.rest import redacted
 
 
 def gather_status(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=2)
     status: dict[str, Any] = {
         "redis": {"url": settings.redis_url, "reachable": False},
-        "mlflow": {"url": settings.mlflow_tracking_uri, "reachable": MlflowApi(settings).healthy()},
+        "mlflow": {
+            "url": redacted(settings.mlflow_tracking_uri),
+            "reachable": open_source(settings).healthy(),
+        },
     }
     try:
         pipe = client.pipeline()

@@ -15,7 +15,8 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.errors import TransientError
+from shared.errors import EventError, TransientError
+from shared.events import GateEvent
 from shared.queue import Publish
 
 
@@ -143,10 +144,18 @@ def replay(
             report.replayed.append(entry_id)
             continue
         try:
-            publish(entry.event)
+            publish(_as_replayed(entry.event))
         except Exception as exc:  # kombu and redis raise many kinds; the entry stays
             report.failed.append((entry_id, f"{type(exc).__name__}: {exc}"))
             continue
         store.remove(entry_id)
         report.replayed.append(entry_id)
     return report
+
+
+def _as_replayed(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with its origin set to replay; a payload that is no event goes as it was."""
+    try:
+        return GateEvent.from_dict(event).replayed().to_dict()
+    except EventError:
+        return event

@@ -44,6 +44,7 @@ class VersionFacts:
     run: RunFacts | None
     run_problem: str | None = None  # why the run could not be read
     created_by: str | None = None  # who created the version, if the registry says
+    stage: str | None = None  # the version's current stage (None, Staging, Production, Archived)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,10 @@ def _check(rule: Rule, facts: Facts, policy: Policy) -> Check:
         return _four_eyes_check(facts, policy.name, enforced)
     if isinstance(rule, MaxAgeRule):
         return _max_age_check(rule, facts, policy.name, enforced)
-    return _compare_check(rule, facts, policy.name, enforced)
+    if isinstance(rule, CompareRule):
+        return _compare_check(rule, facts, policy.name, enforced)
+    # A rule type added to the policy format without its check here: a bug, never a pass.
+    raise TypeError(f"policy {policy.name!r}: no check for rule {rule!r}")
 
 
 def _four_eyes_check(facts: Facts, policy: str, enforced: bool) -> Check:

@@ -7,6 +7,8 @@ reads the current state from MLflow, so a duplicate or a late event does no harm
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any
@@ -135,7 +137,7 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
     if not isinstance(data, dict):
         raise EventError("field 'data' is missing or not an object")
     model = _str(data, "name", where="data.")
-    common = {
+    common: dict[str, Any] = {
         "event_id": event_id,
         "registry": RegistryKind.MLFLOW,
         "origin": Origin.WEBHOOK,
@@ -218,3 +220,26 @@ def _version(data: dict[str, Any]) -> str:
     if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 18:
         raise EventError(f"field 'data.version' must be a version number, not {value!r}")
     return str(int(value))
+
+
+def found_by_sweep(
+    registry: RegistryKind,
+    kind: Kind,
+    model: str,
+    version: str | None,
+    target: str | None,
+    from_stage: str | None = None,
+) -> GateEvent:
+    """An event the sweep found owed, handled like its lost webhook (if still undecided)."""
+    return GateEvent(
+        event_id=f"sweep-{uuid.uuid4()}",
+        registry=registry,
+        origin=Origin.SWEEP,
+        kind=kind,
+        model=model,
+        version=version,
+        target=target,
+        received_at=time.time(),
+        webhook_event="sweep",
+        from_stage=from_stage,
+    )

@@ -53,7 +53,7 @@ def model_lock(model: str) -> str:
     return f"{PREFIX}:lock:model:{model}"
 
 
-def databricks_approved(model: str, stage: str) -> str:
-    """The versions of a Databricks model the gate approved for a stage (a Redis set): a version
-    found in a governed stage without being in it was moved there outside the gate."""
-    return f"{PREFIX}:databricks:approved:{model}:{stage}"
+def approved_versions(registry: str, model: str, target: str) -> str:
+    """The versions the gate approved for a target of a registry whose moves outside the gate
+    are violations (a Redis set): a version found there without being in it was moved outside."""
+    return f"{PREFIX}:{registry}:approved:{model}:{target}"

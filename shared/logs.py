@@ -1,7 +1,7 @@
 """Structured logs: JSON lines for machines, or readable text for a terminal.
 
-Every line logged while an event is handled carries the same fields (event_id, source, model,
-version, target), from receipt in the receiver to the decision in the worker, so one
+Every line logged while an event is handled carries the same fields (event_id, registry,
+origin, model, version, target), from receipt in the receiver to the decision in the worker, so one
 `grep <event_id>` (or a log query) follows an event end to end.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 _event: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "gate_event", default=None
 )
-EVENT_FIELDS = ("event_id", "source", "model", "version", "target")
+EVENT_FIELDS = ("event_id", "registry", "origin", "model", "version", "target")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""Recording a decision: on the model version's tags (what engineers read in MLflow) and in a
-bounded audit trail in Redis (what operators list)."""
+"""Recording a decision: shown to engineers where the registry shows decisions (the version's
+governance.* tags), and kept in a bounded audit trail in Redis (what operators list)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,23 @@ import redis
 
 from shared import keys, tags
 from shared.evaluation import Decision
+from shared.events import Origin, RegistryKind
+from shared.outcomes import Outcome
 from worker.metrics import DECISIONS
-from worker.mlflow_api import MlflowApi
+from worker.registry import Registry
 
 
 @dataclass(frozen=True)
 class Record:
+    registry: RegistryKind
     model: str
     version: str
     decision: Decision
+    outcome: Outcome
     reason: str  # the decision's reason, with what the gate did about it
     event_id: str
+    origin: Origin
     decided_at: datetime
-
-    @property
-    def status(self) -> str:
-        return tags.APPROVED if self.decision.approved else tags.REJECTED
 
     def version_tags(self) -> dict[str, str]:
         # Status last: whoever waits for it finds the rest already written.
@@ -37,19 +38,21 @@ class Record:
             tags.POLICY: ", ".join(self.decision.policies) or "none",
             tags.CHECKS: json.dumps([c.to_dict() for c in self.decision.checks]),
             tags.DECIDED_AT: self.decided_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            tags.STATUS: self.status,
+            tags.STATUS: self.outcome.value,
         }
 
     def log_entry(self) -> dict[str, Any]:
         return {
             "time": self.decided_at.isoformat(),
+            "registry": self.registry.value,
             "model": self.model,
             "version": self.version,
             "target": self.decision.target.name,
-            "outcome": self.status,
+            "outcome": self.outcome.value,
             "reason": self.reason,
             "policy": ", ".join(self.decision.policies),
             "event_id": self.event_id,
+            "origin": self.origin.value,
         }
 
 
@@ -69,7 +72,8 @@ class DecisionLog:
         return [e for e in entries if model is None or e.get("model") == model][:limit]
 
 
-def record(api: MlflowApi, log: DecisionLog, rec: Record) -> None:
-    for key, value in rec.version_tags().items():
-        api.set_version_tag(rec.model, rec.version, key, value)
+def record(registry: Registry, log: DecisionLog, rec: Record) -> None:
+    """Show the decision on the version where it is shown there, then add it to the trail."""
+    if rec.outcome.shown_on_version:
+        registry.show(rec.model, rec.version, rec.version_tags())
     log.append(rec.log_entry())

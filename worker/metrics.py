@@ -16,9 +16,15 @@ RETRIES = Counter("gate_retries_total", "Events scheduled for another attempt af
 DEAD_LETTERS = Counter(
     "gate_dead_lettered_total", "Events written to the dead-letter store", ["error_class"]
 )
+VIOLATIONS = Counter(
+    "gate_violations_total",
+    "Versions found moved to a governed target outside the registry's approval process, by "
+    "registry, target and what was done (reported or reverted)",
+    ["registry", "target", "action"],
+)
 MLFLOW_SECONDS = Histogram(
     "gate_mlflow_call_seconds",
-    "Latency of calls to MLflow's REST API (each try), by method and path",
+    "Latency of calls to the registry's REST API (each try), by method and path",
     ["method", "path"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

@@ -7,26 +7,28 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from shared.deadletter import DeadLetter, DeadLetterStore, replay, select
+from shared.errors import EventError
+from shared.events import GateEvent, RegistryKind
 from shared.queue import Publish
 
-Health = Mapping[str, Callable[[], bool]]  # event source -> is its service answering?
+Health = Mapping[str, Callable[[], bool]]  # registry kind -> is its service answering?
 
 
 def redrive(store: DeadLetterStore, health: Health, publish: Publish, batch: int) -> str:
     waiting = select(store.all(), transient_only=True)
     if not waiting:
         return "redrive: no transient dead letters"
-    by_source: dict[str, list[DeadLetter]] = {}
+    by_registry: dict[str, list[DeadLetter]] = {}
     for entry in waiting:
-        by_source.setdefault(str(entry.event.get("source") or "mlflow"), []).append(entry)
+        by_registry.setdefault(_registry_of(entry.event), []).append(entry)
     ready: list[str] = []
     down: list[str] = []
-    for source, entries in sorted(by_source.items()):
-        check = health.get(source)
+    for registry, entries in sorted(by_registry.items()):
+        check = health.get(registry)
         if check is not None and check():
             ready.extend(e.id for e in entries)
         else:
-            down.append(f"{source} ({len(entries)} waiting)")
+            down.append(f"{registry} ({len(entries)} waiting)")
     chosen = ready[:batch]
     report = replay(store, publish, chosen) if chosen else None
     parts = [f"redrive: {report.summary()}" if report else "redrive: nothing replayed"]
@@ -35,3 +37,10 @@ def redrive(store: DeadLetterStore, health: Health, publish: Publish, batch: int
     if down:
         parts.append("still unavailable: " + ", ".join(down))
     return "; ".join(parts)
+
+
+def _registry_of(event: dict[str, object]) -> str:
+    try:
+        return GateEvent.from_dict(event).registry.value
+    except EventError:
+        return str(event.get("registry") or RegistryKind.MLFLOW.value)

@@ -14,19 +14,17 @@ import redis
 from shared.deadletter import DeadLetterStore
 from shared.policy import PolicySet
 from shared.settings import Settings
-from worker.databricks_api import DatabricksApi
 from worker.decisions import DecisionLog
-from worker.mlflow_api import MlflowApi
-from worker.reconcile import Reconciler
-from worker.transition_requests import Approvals, DatabricksReconciler
+from worker.pipeline import Pipeline
+from worker.registries import Registries, build
 
 
 @dataclass
 class Clients:
     pid: int
     redis: redis.Redis
-    api: MlflowApi
-    reconciler: Reconciler
+    registries: Registries
+    pipeline: Pipeline
     deadletters: DeadLetterStore
 
 
@@ -42,25 +40,15 @@ class Runtime:
             client = redis.Redis.from_url(
                 self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2
             )
-            api = MlflowApi(self.settings)
+            registries = build(self.settings, client)
             self._clients = Clients(
                 pid=os.getpid(),
                 redis=client,
-                api=api,
-                reconciler=Reconciler(
-                    api, self.policies, DecisionLog(client), databricks=self._databricks(client)
-                ),
+                registries=registries,
+                pipeline=Pipeline(registries, self.policies, DecisionLog(client)),
                 deadletters=DeadLetterStore(client),
             )
         return self._clients
-
-    def _databricks(self, client: redis.Redis) -> DatabricksReconciler | None:
-        """The Databricks flow, when a workspace is configured (GATE_DATABRICKS_HOST)."""
-        if not self.settings.databricks_host:
-            return None
-        return DatabricksReconciler(
-            DatabricksApi(self.settings), self.policies, DecisionLog(client), Approvals(client)
-        )
 
 
 _current: Runtime | None = None

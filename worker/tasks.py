@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -16,15 +15,14 @@ from redis.exceptions import LockNotOwnedError
 
 from shared import keys
 from shared.errors import EventError, PermanentError, TransientError
-from shared.events import DATABRICKS_SOURCE, DATABRICKS_SWEEP_SOURCE, GateEvent
+from shared.events import GateEvent
 from shared.logs import event_context
-from shared.queue import publisher
+from shared.policy import PolicySet
+from shared.queue import Publish, publisher
 from worker import runtime
-from worker.databricks_sweep import sweep_databricks
 from worker.metrics import DEAD_LETTERS, RETRIES
 from worker.redrive import redrive as redrive_dead_letters
-from worker.sweep import SWEEP_SOURCE
-from worker.sweep import sweep as sweep_mlflow
+from worker.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,7 @@ def _decide(event: GateEvent) -> str:
             f"for {rt.settings.model_lock_seconds:g} s at most); retrying later"
         )
     try:
-        return clients.reconciler.handle(event)
+        return clients.pipeline.handle(event)
     finally:
         try:
             lock.release()
@@ -134,34 +132,31 @@ def _dead_letter_on_failure(
 
 @shared_task(name=keys.TASK_SWEEP)  # type: ignore[untyped-decorator]
 def sweep() -> str:
-    """The open-source sweep, then the Databricks one when a workspace is configured. Each runs
-    on its own: one failing (no MLflow in a Databricks-only deployment, a workspace outage) is
-    logged and does not keep the other from running; the next interval tries again."""
+    """Each registry's sweep, on its own: one failing (no MLflow in a deployment for another
+    registry, a workspace outage) is logged and does not keep the others from running; the
+    next interval tries again."""
     rt = runtime.current()
-    clients = rt.clients
     publish = publisher(sweep.app)
-    reports = [_sweep_safely("sweep", lambda: sweep_mlflow(clients.api, rt.policies, publish))]
-    databricks = clients.reconciler.databricks
-    if databricks is not None:
-        reports.append(
-            _sweep_safely(
-                "Databricks sweep",
-                lambda: sweep_databricks(databricks.api, rt.policies, publish),
-            )
-        )
-    return "; ".join(reports)
+    return "; ".join(
+        _sweep_safely(registry, rt.policies, publish) for registry in rt.clients.registries
+    )
 
 
-def _sweep_safely(name: str, run: Callable[[], object]) -> str:
+def _sweep_safely(registry: Registry, policies: PolicySet, publish: Publish) -> str:
+    name = f"{registry.name} sweep"
     try:
-        report = str(run())
+        count = 0
+        for event in registry.sweep(policies):
+            publish(event.to_dict())
+            count += 1
+        report = f"{name} enqueued {count} events owed"
     except (TransientError, redis.RedisError) as exc:
         report = f"{name} failed, trying again next interval: {type(exc).__name__}: {exc}"
         log.warning("%s", report)
     except PermanentError as exc:
         report = f"{name} failed: {type(exc).__name__}: {exc}"
         log.error("%s", report)
-    except Exception as exc:  # a bug: log it, and let the other sweep run
+    except Exception as exc:  # a bug: log it, and let the other sweeps run
         report = f"{name} failed: {type(exc).__name__}: {exc}"
         log.exception("%s", report)
     else:
@@ -175,11 +170,7 @@ def redrive() -> str:
     if not rt.settings.redrive_enabled:
         return "redrive is switched off (GATE_REDRIVE_ENABLED=false)"
     clients = rt.clients
-    health = {"mlflow": clients.api.healthy, SWEEP_SOURCE: clients.api.healthy}
-    databricks = clients.reconciler.databricks
-    if databricks is not None:
-        health[DATABRICKS_SOURCE] = databricks.api.healthy
-        health[DATABRICKS_SWEEP_SOURCE] = databricks.api.healthy
+    health = {registry.kind.value: registry.healthy for registry in clients.registries}
     result = redrive_dead_letters(
         clients.deadletters, health, publisher(redrive.app), rt.settings.redrive_batch
     )

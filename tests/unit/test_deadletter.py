@@ -25,13 +25,15 @@ from shared.errors import (
 def gate_event(event_id: str, model: str = "fraud-detector", version: str = "3") -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "source": "mlflow",
+        "registry": "mlflow",
+        "origin": "webhook",
         "kind": "request",
         "model": model,
         "version": version,
         "target": "champion",
         "received_at": 1_700_000_000.0,
         "webhook_event": "model_version_tag.set",
+        "from_stage": None,
     }
 
 
@@ -332,8 +334,9 @@ def test_replay_publishes_each_original_event_and_removes_it(store: DeadLetterSt
     publish = Recorder()
     # When both are replayed
     report = replay(store, publish, ["evt-1", "evt-2"])
-    # Then each original event is published once, in order, and the entries are gone
-    assert publish.published == events
+    # Then each original event is published once, in order, marked as a replay, and the
+    # entries are gone
+    assert publish.published == [{**e, "origin": "replay"} for e in events]
     assert report == ReplayReport(replayed=["evt-1", "evt-2"], failed=[], missing=[])
     assert store.count() == 0
 

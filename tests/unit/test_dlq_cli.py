@@ -48,13 +48,15 @@ def store(client: redis.Redis) -> DeadLetterStore:
 def gate_event(event_id: str, model: str = "fraud-detector", version: str = "3") -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "source": "mlflow",
+        "registry": "mlflow",
+        "origin": "webhook",
         "kind": "request",
         "model": model,
         "version": version,
         "target": "champion",
         "received_at": 1_700_000_000.0,
         "webhook_event": "model_version_tag.set",
+        "from_stage": None,
     }
 
 
@@ -249,7 +251,8 @@ def test_replay_by_id_enqueues_the_event_in_redis_and_removes_the_entry(
     assert "replayed evt-old" in result.stdout
     assert "replayed 1, failed 0" in result.stdout
     assert client.llen(keys.QUEUE) == before + 1
-    assert queued(client) == [{"task": keys.TASK_RECONCILE, "event": gate_event("evt-old")}]
+    replayed = {**gate_event("evt-old"), "origin": "replay"}
+    assert queued(client) == [{"task": keys.TASK_RECONCILE, "event": replayed}]
     assert two.get("evt-old") is None
     assert [e.id for e in two.all()] == ["evt-new"]
 

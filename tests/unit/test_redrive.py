@@ -11,8 +11,8 @@ from shared.errors import MlflowNotFound, MlflowUnavailable
 from worker.redrive import redrive
 
 
-def _event(event_id: str, source: str) -> dict[str, Any]:
-    return {"event_id": event_id, "source": source, "model": "m", "version": "1"}
+def _event(event_id: str, registry: str) -> dict[str, Any]:
+    return {"event_id": event_id, "registry": registry, "model": "m", "version": "1"}
 
 
 def _store() -> DeadLetterStore:

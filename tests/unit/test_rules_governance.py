@@ -20,7 +20,7 @@ from shared.policy import (
     parse_policies,
     reverts_violations,
 )
-from worker.transition_requests import approval_comment, open_request, rejection_comment
+from worker.registries.databricks import approval_comment, open_request, rejection_comment
 
 PRODUCTION = Target("Production", is_stage=True)
 STAGING = Target("Staging", is_stage=True)

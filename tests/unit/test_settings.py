@@ -186,3 +186,22 @@ def test_retry_delay_for_the_last_default_attempt_is_capped() -> None:
 def test_retry_delay_stays_capped_for_very_late_attempts() -> None:
     settings = Settings.from_env({"GATE_RETRY_MAX_ATTEMPTS": "5000"})
     assert settings.retry_delay(2000) == 300.0
+
+
+def test_the_databricks_section_is_absent_unless_configured() -> None:
+    assert Settings.from_env({}).databricks is None
+    receiver_only = Settings.from_env({"GATE_DATABRICKS_WEBHOOK_SECRET": "s"}).databricks
+    assert receiver_only is not None
+    assert receiver_only.verifies_webhooks and not receiver_only.has_workspace
+    full = Settings.from_env(
+        {"GATE_DATABRICKS_HOST": "https://adb-1.azuredatabricks.net/", "GATE_DATABRICKS_TOKEN": "t"}
+    ).databricks
+    assert full is not None and full.has_workspace and not full.verifies_webhooks
+    assert full.host == "https://adb-1.azuredatabricks.net"
+
+
+def test_a_databricks_host_without_a_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="GATE_DATABRICKS_TOKEN"):
+        Settings.from_env({"GATE_DATABRICKS_HOST": "https://adb-1.azuredatabricks.net"})
+    with pytest.raises(ConfigError, match="not an http"):
+        Settings.from_env({"GATE_DATABRICKS_HOST": "adb-1", "GATE_DATABRICKS_TOKEN": "t"})

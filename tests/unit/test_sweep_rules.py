@@ -1,11 +1,11 @@
-"""worker.sweep.undecided: which versions the sweep owes a decision, from their tags alone."""
+"""worker.registries.mlflow.undecided: which versions the sweep owes a decision, from their tags alone."""
 
 from __future__ import annotations
 
 import pytest
 
 from shared import tags
-from worker.sweep import undecided
+from worker.registries.mlflow import undecided
 
 
 def decided(request: str, target: str, status: str = tags.APPROVED) -> dict[str, str]:

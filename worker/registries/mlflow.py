@@ -1,0 +1,162 @@
+"""Open-source MLflow's model registry, over its REST API.
+
+A request is the version's `governance.request` tag; an approval sets the alias or transitions
+the stage; a decision is shown on the version's `governance.*` tags. What the gate approved for
+a target is the registered-model tag `governance.approved.<target>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+
+from shared import tags
+from shared.errors import MlflowNotFound
+from shared.evaluation import Decision, VersionFacts
+from shared.events import GateEvent, Kind, RegistryKind, found_by_sweep
+from shared.policy import PolicySet, Target
+from shared.settings import Settings
+from worker.registries.endpoints import Endpoints, tag_map
+from worker.registry import Request
+from worker.rest import RestClient, Service
+
+log = logging.getLogger(__name__)
+
+
+def service(settings: Settings) -> Service:
+    basic = None
+    if settings.mlflow_username and settings.mlflow_password:
+        basic = (settings.mlflow_username, settings.mlflow_password)
+    return Service(
+        name="MLflow",
+        base_url=settings.mlflow_tracking_uri,
+        token=settings.mlflow_token,
+        basic_auth=basic,
+        verify_tls=not settings.mlflow_insecure_tls,
+        timeout=settings.mlflow_timeout_seconds,
+        credentials_hint="check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD",
+        down_hint="check that the tracking server is up",
+    )
+
+
+def undecided(version_tags: Mapping[str, str]) -> bool:
+    """Whether the version's request has no decision answering it.
+
+    MLflow keeps no time on tags, so a request set again to the target already decided looks
+    decided; its own webhook is what decides it (and the engineer can set it once more).
+    """
+    requested = version_tags.get(tags.REQUEST)
+    if requested is None:
+        return False
+    decided = version_tags.get(tags.TARGET)
+    return tags.STATUS not in version_tags or decided != Target.parse(requested).name
+
+
+class MlflowRegistry:
+    kind = RegistryKind.MLFLOW
+    name = "MLflow"
+    has_aliases = True
+    moves_outside_are_violations = False
+
+    def __init__(self, rest: RestClient) -> None:
+        self.rest = rest
+        self.api = Endpoints(rest)
+
+    def healthy(self) -> bool:
+        return self.rest.answers("GET", "/health")
+
+    # -- facts -----------------------------------------------------------------------------
+    def version(self, model: str, version: str) -> VersionFacts:
+        return self.api.version_facts(self.api.model_version(model, version))
+
+    def holder(self, model: str, target: Target) -> str | None:
+        if target.is_stage:
+            return self.api.newest_in_stage(model, target.name)
+        return _alias_holder(self.api.registered_model(model), target.name)
+
+    def request(self, model: str, version: str, target: Target | None) -> Request | None:
+        candidate = self.version(model, version)
+        requested = candidate.tags.get(tags.REQUEST)
+        if requested is None:
+            return None
+        return Request(
+            candidate=candidate,
+            target=Target.parse(requested),
+            requested_by=candidate.tags.get(tags.REQUESTED_BY) or None,
+            decided=not undecided(candidate.tags),
+        )
+
+    # -- what the gate approved ------------------------------------------------------------
+    def approved(self, model: str, target: Target) -> str | None:
+        rm = self.api.registered_model(model)
+        return tag_map(rm).get(tags.approved_pointer(target.name))
+
+    def is_approved(self, model: str, target: Target, version: str) -> bool:
+        return self.approved(model, target) == version
+
+    def remember(self, model: str, target: Target, version: str) -> None:
+        self.api.set_model_tag(model, tags.approved_pointer(target.name), version)
+
+    # -- acts ------------------------------------------------------------------------------
+    def approve(self, request: Request, decision: Decision, archive: bool) -> str:
+        model, version, target = request.candidate.model, request.candidate.version, request.target
+        if not target.is_stage:
+            self.api.set_alias(model, target.name, version)
+            return f"Alias '{target.name}' now points to version {version}."
+        if request.candidate.stage == target.name:
+            return f"Version {version} was already in stage {target.name}."
+        self.api.transition_stage(model, version, target.name, archive)
+        extra = " (versions already there archived)" if archive else ""
+        return f"Version {version} moved to stage {target.name}{extra}."
+
+    def reject(self, request: Request, decision: Decision) -> str:
+        return ""  # the version stays where it is; the tags say why
+
+    def put(self, model: str, target: Target, version: str, *, archive: bool, note: str) -> None:
+        if target.is_stage:
+            self.api.transition_stage(model, version, target.name, archive)
+        else:
+            self.api.set_alias(model, target.name, version)
+
+    def take_off(
+        self, model: str, target: Target, version: str, *, back_to: str | None, note: str
+    ) -> str:
+        if target.is_stage:
+            stage = back_to if back_to and back_to != target.name else "None"
+            self.api.transition_stage(model, version, stage, False)
+            return f"version {version} was moved back to stage {stage}"
+        with contextlib.suppress(MlflowNotFound):  # removed meanwhile: the outcome we want
+            self.api.delete_alias(model, target.name)
+        return "the alias was removed"
+
+    def show(self, model: str, version: str, tags_to_write: Mapping[str, str]) -> None:
+        for key, value in tags_to_write.items():
+            self.api.set_version_tag(model, version, key, value)
+
+    # -- the sweep -------------------------------------------------------------------------
+    def sweep(self, policies: PolicySet) -> Iterator[GateEvent]:
+        """Versions whose request has no decision answering it, and protected aliases held by
+        a version the gate did not approve."""
+        for mv in self.api.search_versions(f"tags.`{tags.REQUEST}` LIKE '%'"):
+            if undecided(tag_map(mv)):
+                yield found_by_sweep(
+                    RegistryKind.MLFLOW, Kind.REQUEST, str(mv["name"]), str(mv["version"]), None
+                )
+        for rm in self.api.search_models():
+            approved = tag_map(rm)
+            for entry in rm.get("aliases", []):
+                alias, version = str(entry["alias"]), str(entry["version"])
+                protected = policies.governs(str(rm["name"]), Target(alias, is_stage=False))
+                if protected and approved.get(tags.approved_pointer(alias)) != version:
+                    yield found_by_sweep(
+                        RegistryKind.MLFLOW, Kind.ALIAS_CREATED, str(rm["name"]), version, alias
+                    )
+
+
+def _alias_holder(rm: Mapping[str, object], alias: str) -> str | None:
+    aliases = rm.get("aliases")
+    for entry in aliases if isinstance(aliases, list) else []:
+        if isinstance(entry, dict) and entry.get("alias") == alias:
+            return str(entry["version"])
+    return None

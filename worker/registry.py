@@ -1,0 +1,101 @@
+"""The seam: what a decision needs from a model registry, whichever it is.
+
+Implementations live in worker/registries/: open-source MLflow over REST, the Databricks
+workspace registry, and an in-memory MLflow for unit tests. A new registry (Unity Catalog, say)
+is a new module there and one line in `worker/registries/__init__.py`; the pipeline
+(worker/pipeline.py), the sweep, the redrive and the commands do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.errors import GateError
+from shared.evaluation import Decision, VersionFacts
+from shared.events import GateEvent, RegistryKind
+from shared.policy import PolicySet, Target
+
+
+@dataclass(frozen=True)
+class Request:
+    """A promotion someone asked for, as the registry shows it now."""
+
+    candidate: VersionFacts
+    target: Target
+    requested_by: str | None  # None: the registry does not say who asked
+    decided: bool = False  # the registry already shows a decision answering this request
+
+
+class RequestWithdrawn(GateError):
+    """The request was withdrawn or decided by someone else while the gate was deciding it."""
+
+
+class Registry(Protocol):
+    kind: RegistryKind
+    name: str  # for messages: "MLflow"
+    has_aliases: bool  # False: only stages (a compare_to an alias is then unknown, fails closed)
+    # How a version found on a governed target without the gate's approval is treated: False,
+    # it is evaluated, kept if it passes and undone if not; True, it is a violation of the
+    # registry's own approval process (reported, or moved back when a policy says revert).
+    moves_outside_are_violations: bool
+
+    def healthy(self) -> bool: ...
+
+    # -- facts -----------------------------------------------------------------------------
+    def version(self, model: str, version: str) -> VersionFacts:
+        """The version with its run's metrics and tags (a run that cannot be read is a problem
+        recorded in the facts, never an error)."""
+        ...
+
+    def holder(self, model: str, target: Target) -> str | None:
+        """Which version holds the target now: the alias's, or the newest in the stage."""
+        ...
+
+    def request(self, model: str, version: str, target: Target | None) -> Request | None:
+        """The version's open request (to `target`, where the event names one); None if it
+        has none any more."""
+        ...
+
+    # -- what the gate approved (its memory) -----------------------------------------------
+    def approved(self, model: str, target: Target) -> str | None:
+        """The last version the gate approved for the target, if the registry can say."""
+        ...
+
+    def is_approved(self, model: str, target: Target, version: str) -> bool: ...
+
+    def remember(self, model: str, target: Target, version: str) -> None:
+        """Note an approval before acting on it, so the action's own event finds it approved."""
+        ...
+
+    # -- acts ------------------------------------------------------------------------------
+    def approve(self, request: Request, decision: Decision, archive: bool) -> str:
+        """Carry out an approval; returns what was done, for the reason. May raise
+        RequestWithdrawn."""
+        ...
+
+    def reject(self, request: Request, decision: Decision) -> str:
+        """Carry out a rejection (nothing moves); returns what was done, or ""."""
+        ...
+
+    def put(self, model: str, target: Target, version: str, *, archive: bool, note: str) -> None:
+        """Put the version on the target (a guard's restore, an operator's rollback)."""
+        ...
+
+    def take_off(
+        self, model: str, target: Target, version: str, *, back_to: str | None, note: str
+    ) -> str:
+        """Take the version off the target (remove the alias; move it back to `back_to`, a
+        stage); returns what was done."""
+        ...
+
+    def show(self, model: str, version: str, tags: Mapping[str, str]) -> None:
+        """Show a decision to engineers on the version (its governance.* tags), where the
+        registry shows decisions that way."""
+        ...
+
+    # -- the sweep -------------------------------------------------------------------------
+    def sweep(self, policies: PolicySet) -> Iterator[GateEvent]:
+        """Events for what lost webhooks left owed: undecided requests, unapproved holders."""
+        ...
