@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from typing import Any
 
 import click
 import redis
@@ -78,16 +79,10 @@ def show(settings: Settings, entry_id: str) -> None:
     click.echo(json.dumps(asdict(entry), indent=2))
 
 
-def replay_entries(
-    settings: Settings,
-    ids: tuple[str, ...],
-    *,
-    replay_all: bool,
-    model: str | None,
-    error: str | None,
-    since: str | None,
-    dry_run: bool,
-) -> int:
+def replay_entries(settings: Settings, ids: tuple[str, ...], **options: Any) -> int:
+    """Options: replay_all, dry_run, and the filters model, error, since (as on the command)."""
+    replay_all, dry_run = bool(options["replay_all"]), bool(options["dry_run"])
+    model, error, since = options["model"], options["error"], options["since"]
     if bool(ids) == replay_all:
         click.echo("give either dead-letter ids or --all (with optional filters)", err=True)
         return 2

@@ -269,29 +269,11 @@ def dlq_show(entry_id: str) -> None:
 @_filters
 @click.option("--dry-run", is_flag=True, help="say what would be replayed, do nothing")
 @friendly_errors
-def dlq_replay(
-    ids: tuple[str, ...],
-    replay_all: bool,
-    model: str | None,
-    error: str | None,
-    since: str | None,
-    dry_run: bool,
-) -> None:
+def dlq_replay(ids: tuple[str, ...], **options: Any) -> None:
     """Re-enqueue dead letters; each is removed only once its enqueue succeeded."""
     from cli import dlq as commands
 
-    settings = load_settings()
-    sys.exit(
-        commands.replay_entries(
-            settings,
-            ids,
-            replay_all=replay_all,
-            model=model,
-            error=error,
-            since=since,
-            dry_run=dry_run,
-        )
-    )
+    sys.exit(commands.replay_entries(load_settings(), ids, **options))
 
 
 @dlq.command("purge")

@@ -91,7 +91,8 @@ class Policy:
     targets: tuple[Target, ...]
     rules: tuple[Rule, ...]
     mode: Literal["enforce", "audit"] = "enforce"
-    # What to do about a version moved into a governed stage outside the gate (Databricks):
+    # What to do about a version moved into a governed stage outside the registry's approval
+    # process (a registry whose moves outside it are violations):
     # report it as a violation, or also move it back to the stage it came from.
     on_violation: Literal["report", "revert"] = "report"
     # Whether approving a stage transition archives the versions already in that stage;

@@ -5,7 +5,7 @@ from __future__ import annotations
 # Set by an engineer on a model version: the alias or stage it should be promoted to.
 REQUEST = "governance.request"
 # Optionally set with it: who asks for the promotion, for four_eyes rules (open-source MLflow
-# records no user on tags; Databricks' transition requests carry their own).
+# records no user on tags; a registry's own transition requests carry their own).
 REQUESTED_BY = "governance.requested_by"
 # The run tag MLflow's client sets to the user who ran it: the version's creator when the
 # registry recorded no user_id on the version.

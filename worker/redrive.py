@@ -1,4 +1,4 @@
-"""Automatic redrive: once the service an event needs answers again (MLflow, or the Databricks
+"""Automatic redrive: once the registry an event needs answers again (MLflow, or a
 workspace), replay the events that failed for transient reasons, a bounded batch at a time so
 that a recovered service is not flooded."""
 

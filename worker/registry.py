@@ -1,9 +1,10 @@
 """The seam: what a decision needs from a model registry, whichever it is.
 
-Implementations live in worker/registries/: open-source MLflow over REST, the Databricks
-workspace registry, and an in-memory MLflow for unit tests. A new registry (Unity Catalog, say)
-is a new module there and one line in `worker/registries/__init__.py`; the pipeline
-(worker/pipeline.py), the sweep, the redrive and the commands do not change.
+Implementations live in worker/registries/, one module each: open-source MLflow over REST, a
+workspace registry with transition requests, and an in-memory MLflow for unit tests. A new
+registry (Unity Catalog, say) is a new module there, a value of shared.events.RegistryKind and
+one line in `worker/registries/__init__.py`; the pipeline (worker/pipeline.py), the sweep, the
+redrive and the commands do not change.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The Databricks client and flow against the fake workspace (tests/fake_databricks.py) over real
-HTTP; the fake refuses what the real API refuses. Redis is fakeredis."""
+"""The Databricks registry and the decision pipeline against the fake workspace
+(tests/fake_databricks.py) over real HTTP; the fake refuses what the real API refuses. Redis is
+fakeredis."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import requests
 from fake_databricks import FakeDatabricks
 
 from shared.errors import MlflowNotFound, MlflowRequestError, MlflowUnavailable
-from shared.events import GateEvent, Kind
+from shared.events import GateEvent, Kind, Origin, RegistryKind
 from shared.policy import parse_policies
-from shared.settings import Settings
-from worker.databricks_api import REQUESTS_APPROVE, TRANSITION_STAGE, DatabricksApi
+from shared.settings import DatabricksSettings, Settings
 from worker.decisions import DecisionLog
-from worker.transition_requests import Approvals, DatabricksReconciler
+from worker.pipeline import Pipeline
+from worker.registries import Registries, workspace
+from worker.registries.databricks import REQUESTS_APPROVE, TRANSITION_STAGE, DatabricksRegistry
 
 TOKEN = "dapi-unit-token"
 POLICY = """
@@ -50,23 +52,28 @@ def fake() -> Iterator[FakeDatabricks]:
 
 
 def settings(fake: FakeDatabricks, token: str = TOKEN) -> Settings:
-    return Settings(databricks_host=fake.url, databricks_token=token, mlflow_timeout_seconds=2)
+    return Settings(
+        databricks=DatabricksSettings(host=fake.url, token=token), mlflow_timeout_seconds=2
+    )
+
+
+def registry(fake: FakeDatabricks, token: str = TOKEN) -> DatabricksRegistry:
+    return workspace(settings(fake, token), fakeredis.FakeRedis())
 
 
 @pytest.fixture
-def flow(fake: FakeDatabricks) -> tuple[DatabricksReconciler, DecisionLog]:
+def flow(fake: FakeDatabricks) -> tuple[Pipeline, DecisionLog]:
     client = fakeredis.FakeRedis()
     log = DecisionLog(client)
-    reconciler = DatabricksReconciler(
-        DatabricksApi(settings(fake)), parse_policies(POLICY), log, Approvals(client)
-    )
-    return reconciler, log
+    registries = Registries({RegistryKind.DATABRICKS: workspace(settings(fake), client)})
+    return Pipeline(registries, parse_policies(POLICY), log), log
 
 
 def event(kind: Kind, model: str, version: str, stage: str, from_stage: str = "None") -> GateEvent:
     return GateEvent(
         event_id=f"dbx-{model}-{version}-{kind.value}",
-        source="databricks",
+        registry=RegistryKind.DATABRICKS,
+        origin=Origin.WEBHOOK,
         kind=kind,
         model=model,
         version=version,
@@ -83,7 +90,7 @@ def event(kind: Kind, model: str, version: str, stage: str, from_stage: str = "N
 def test_a_wrong_or_missing_token_is_refused(fake: FakeDatabricks) -> None:
     fake.add_version("m", "1", creator="alice")
     with pytest.raises(MlflowRequestError, match="GATE_DATABRICKS_TOKEN") as caught:
-        DatabricksApi(settings(fake, token="wrong")).get_model_version("m", "1")
+        registry(fake, token="wrong").version("m", "1")
     assert caught.value.status == 401
     answer = requests.get(
         f"{fake.url}/api/2.0/mlflow/model-versions/get", params={"name": "m", "version": "1"}
@@ -119,35 +126,35 @@ def test_the_fake_refuses_what_the_api_refuses(
 ) -> None:
     fake.add_version("m", "1", creator="alice")
     fake.request_transition("m", "1", "Production", user="bob")
-    api = DatabricksApi(settings(fake))
+    rest = registry(fake).rest
     for path in (REQUESTS_APPROVE, TRANSITION_STAGE):
         with pytest.raises(MlflowRequestError, match=fragment) as caught:
-            api.call("POST", path, json=body)
+            rest.call("POST", path, json=body)
         assert caught.value.status == 400
     assert fake.stage_of("m", "1") == "None"
 
 
 def test_an_outage_is_transient_and_a_missing_version_permanent(fake: FakeDatabricks) -> None:
-    api = DatabricksApi(settings(fake))
+    databricks = registry(fake)
     with pytest.raises(MlflowNotFound, match="Databricks answered 404"):
-        api.get_model_version("nope", "1")
+        databricks.version("nope", "1")
     fake.down = True
     with pytest.raises(MlflowUnavailable, match="Databricks answered 503"):
-        api.get_model_version("nope", "1")
-    assert not api.healthy()
+        databricks.version("nope", "1")
+    assert not databricks.healthy()
 
 
 # --- the flow ------------------------------------------------------------------------------
 
 
 def test_a_passing_request_is_approved_with_archive_and_a_comment(
-    fake: FakeDatabricks, flow: tuple[DatabricksReconciler, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
 ) -> None:
-    reconciler, log = flow
+    pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.91}, stage="Production")
     fake.add_version("m", "2", creator="alice", metrics={"accuracy": 0.95})
     fake.request_transition("m", "2", "Production", user="bob")
-    outcome = reconciler.handle(event(Kind.TRANSITION_REQUESTED, "m", "2", "Production"))
+    outcome = pipeline.handle(event(Kind.REQUEST, "m", "2", "Production"))
     assert "approved" in outcome
     (call,) = fake.calls_to("transition-requests/approve")
     assert call.body is not None
@@ -158,22 +165,24 @@ def test_a_passing_request_is_approved_with_archive_and_a_comment(
     assert (fake.stage_of("m", "2"), fake.stage_of("m", "1")) == ("Production", "Archived")
     (entry,) = log.recent(model="m")
     assert entry["outcome"] == "approved" and entry["target"] == "Production"
+    assert entry["registry"] == "databricks" and entry["origin"] == "webhook"
     assert set(entry) == {
-        "time", "model", "version", "target", "outcome", "reason", "policy", "event_id"
+        "time", "registry", "model", "version", "target", "outcome", "reason", "policy",
+        "event_id", "origin",
     }  # fmt: skip
     # Its own transition webhook is no violation.
-    again = reconciler.handle(event(Kind.STAGE_TRANSITIONED, "m", "2", "Production"))
+    again = pipeline.handle(event(Kind.STAGE_TRANSITIONED, "m", "2", "Production"))
     assert "with the gate's approval" in again
     assert len(log.recent(model="m")) == 1
 
 
 def test_a_failing_request_is_rejected_naming_each_check(
-    fake: FakeDatabricks, flow: tuple[DatabricksReconciler, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
 ) -> None:
-    reconciler, log = flow
+    pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.85}, run_started_days_ago=40)
     fake.request_transition("m", "1", "Production", user="alice")
-    reconciler.handle(event(Kind.TRANSITION_REQUESTED, "m", "1", "Production"))
+    pipeline.handle(event(Kind.REQUEST, "m", "1", "Production"))
     assert not fake.calls_to("transition-requests/approve")
     (call,) = fake.calls_to("transition-requests/reject")
     assert call.body is not None
@@ -186,11 +195,11 @@ def test_a_failing_request_is_rejected_naming_each_check(
 
 
 def test_a_request_no_longer_open_is_recorded_and_left_alone(
-    fake: FakeDatabricks, flow: tuple[DatabricksReconciler, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
 ) -> None:
-    reconciler, log = flow
+    pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.95})
-    outcome = reconciler.handle(event(Kind.TRANSITION_REQUESTED, "m", "1", "Production"))
+    outcome = pipeline.handle(event(Kind.REQUEST, "m", "1", "Production"))
     assert "nothing done" in outcome
     assert not fake.calls_to("approve") and not fake.calls_to("reject")
     (entry,) = log.recent(model="m")
@@ -198,19 +207,19 @@ def test_a_request_no_longer_open_is_recorded_and_left_alone(
 
 
 def test_a_version_moved_outside_the_gate_is_a_violation(
-    fake: FakeDatabricks, flow: tuple[DatabricksReconciler, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
 ) -> None:
-    reconciler, log = flow
+    pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.95})
     fake.move_outside("m", "1", "Production")
-    reconciler.handle(event(Kind.STAGE_TRANSITIONED, "m", "1", "Production"))
+    pipeline.handle(event(Kind.STAGE_TRANSITIONED, "m", "1", "Production"))
     assert fake.stage_of("m", "1") == "Production"  # reported, not moved back
     (entry,) = log.recent(model="m")
     assert entry["outcome"] == "violation" and "outside the gate" in entry["reason"]
     # Staging's policy says on_violation: revert.
     fake.add_version("m", "2", creator="alice", metrics={"accuracy": 0.95})
     fake.move_outside("m", "2", "Staging")
-    reconciler.handle(event(Kind.STAGE_TRANSITIONED, "m", "2", "Staging"))
+    pipeline.handle(event(Kind.STAGE_TRANSITIONED, "m", "2", "Staging"))
     assert fake.stage_of("m", "2") == "None"
     (call,) = fake.calls_to("databricks/model-versions/transition-stage")
     assert call.body is not None and call.body["archive_existing_versions"] is False
@@ -218,12 +227,12 @@ def test_a_version_moved_outside_the_gate_is_a_violation(
 
 
 def test_an_ungoverned_stage_is_not_guarded(
-    fake: FakeDatabricks, flow: tuple[DatabricksReconciler, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
 ) -> None:
-    reconciler, log = flow
+    pipeline, log = flow
     fake.add_version("m", "1", creator="alice")
     fake.move_outside("m", "1", "Archived")
-    assert "not governed" in reconciler.handle(event(Kind.STAGE_TRANSITIONED, "m", "1", "Archived"))
+    assert "not governed" in pipeline.handle(event(Kind.STAGE_TRANSITIONED, "m", "1", "Archived"))
     assert not log.recent(model="m")
 
 

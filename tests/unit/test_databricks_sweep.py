@@ -1,6 +1,7 @@
-"""worker.databricks_sweep against the fake workspace (tests/fake_databricks.py) over real HTTP:
+"""DatabricksRegistry.sweep against the fake workspace (tests/fake_databricks.py) over real HTTP:
 the open transition requests of governed models are found and enqueued; a sweep event whose
-request was decided meanwhile records nothing; the sweep task runs each sweep on its own."""
+request was decided meanwhile records nothing; the sweep task runs each registry's sweep on its
+own."""
 
 from __future__ import annotations
 
@@ -14,19 +15,16 @@ import requests
 from fake_databricks import FakeDatabricks
 from harness import free_port
 
-from shared.databricks import parse_webhook
 from shared.deadletter import DeadLetterStore
 from shared.errors import MlflowRequestError, MlflowUnavailable
-from shared.events import DATABRICKS_SOURCE, DATABRICKS_SWEEP_SOURCE, GateEvent, Kind
+from shared.events import GateEvent, Kind, Origin, RegistryKind, found_by_sweep
 from shared.policy import parse_policies
-from shared.settings import Settings
+from shared.settings import DatabricksSettings, Settings
 from worker import runtime, tasks
-from worker.databricks_api import DatabricksApi
-from worker.databricks_sweep import MODELS_LIST, sweep_databricks
 from worker.decisions import DecisionLog
-from worker.mlflow_api import MlflowApi
-from worker.reconcile import Reconciler
-from worker.transition_requests import Approvals, DatabricksReconciler
+from worker.pipeline import Pipeline
+from worker.registries import Registries, open_source, workspace
+from worker.registries.databricks import MODELS_LIST, REQUESTS_REJECT, DatabricksRegistry
 
 TOKEN = "dapi-sweep-token"
 POLICY = """
@@ -62,15 +60,25 @@ def fake() -> Iterator[FakeDatabricks]:
         server.close()
 
 
-def api(fake: FakeDatabricks, token: str = TOKEN) -> DatabricksApi:
-    settings = Settings(databricks_host=fake.url, databricks_token=token, mlflow_timeout_seconds=2)
-    return DatabricksApi(settings)
+def settings(fake: FakeDatabricks, token: str = TOKEN) -> Settings:
+    return Settings(
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # no MLflow anywhere
+        mlflow_timeout_seconds=2,
+        databricks=DatabricksSettings(host=fake.url, token=token),
+    )
+
+
+def registry(
+    fake: FakeDatabricks, token: str = TOKEN, client: fakeredis.FakeRedis | None = None
+) -> DatabricksRegistry:
+    return workspace(settings(fake, token), client or fakeredis.FakeRedis())
 
 
 def sweep(fake: FakeDatabricks) -> tuple[list[GateEvent], str]:
+    """The sweep as the sweep task runs it: the events it published, and its report."""
     published: list[dict[str, Any]] = []
-    report = sweep_databricks(api(fake), POLICIES, published.append)
-    return [GateEvent.from_dict(e) for e in published], str(report)
+    report = tasks._sweep_safely(registry(fake), POLICIES, published.append)
+    return [GateEvent.from_dict(e) for e in published], report
 
 
 def subjects(events: list[GateEvent]) -> list[tuple[str, str | None, str | None]]:
@@ -101,7 +109,8 @@ def test_only_open_requests_to_governed_stages_of_governed_models_are_enqueued(
     fake.request_transition("fraud-a", "5", "Production", user="carol", deliver=False)
     add("fraud-a", "6", creator="alice")  # decided already: not open any more
     fake.request_transition("fraud-a", "6", "Production", user="bob", deliver=False)
-    api(fake).reject_transition_request("fraud-a", "6", "Production", "no")
+    rejection = {"name": "fraud-a", "version": "6", "stage": "Production", "comment": "no"}
+    registry(fake).rest.call("POST", REQUESTS_REJECT, json=rejection)
     add("churn", "1", creator="alice")
     fake.request_transition("churn", "1", "Staging", user="bob", deliver=False)
     add("churn", "2", creator="alice")  # Production is not governed for churn
@@ -119,19 +128,17 @@ def test_only_open_requests_to_governed_stages_of_governed_models_are_enqueued(
         ("fraud-a", "2", "Production"),
         ("fraud-a", "5", "Production"),
     ]
-    assert report == (
-        "Databricks sweep enqueued 3 open transition requests "
-        "(7 versions of 2 governed models looked at)"
-    )
-    # No call at all for models no policy governs for a stage, nor for Archived versions.
+    assert report == "Databricks sweep enqueued 3 events owed"
+    # 2 governed models looked at; no call at all for models no policy governs for a stage,
+    # nor for Archived versions.
     assert searched(fake) == {"name='churn'", "name='fraud-a'"}
     listed = {(c.params["name"], c.params["version"]) for c in fake.calls_to("requests/list")}
     assert listed == {("fraud-a", v) for v in "12456"} | {("churn", "1"), ("churn", "2")}
-    # One call per governed version, plus the listings.
+    # 7 versions looked at: one call per governed version, plus the listings.
     assert len(fake.calls_to("requests/list")) == 7
     for event in events:
-        assert event.source == DATABRICKS_SWEEP_SOURCE
-        assert event.kind is Kind.TRANSITION_REQUESTED
+        assert event.registry is RegistryKind.DATABRICKS and event.origin is Origin.SWEEP
+        assert event.kind is Kind.REQUEST
         assert event.event_id.startswith("sweep-") and event.from_stage == "None"
     assert len({e.event_id for e in events}) == 3
 
@@ -163,10 +170,10 @@ def test_an_empty_workspace_costs_one_call(fake: FakeDatabricks) -> None:
 def test_an_outage_or_a_bad_token_stops_the_sweep_with_its_error(fake: FakeDatabricks) -> None:
     fake.add_version("fraud-a", "1", creator="alice")
     with pytest.raises(MlflowRequestError, match="GATE_DATABRICKS_TOKEN"):
-        sweep_databricks(api(fake, token="wrong"), POLICIES, lambda _: None)
+        list(registry(fake, token="wrong").sweep(POLICIES))
     fake.down = True
     with pytest.raises(MlflowUnavailable, match="Databricks answered 503"):
-        sweep_databricks(api(fake), POLICIES, lambda _: None)
+        list(registry(fake).sweep(POLICIES))
 
 
 @pytest.mark.parametrize(
@@ -195,46 +202,54 @@ def test_the_fake_refuses_bad_listing_parameters(
 
 
 @pytest.fixture
-def flow(fake: FakeDatabricks) -> tuple[Reconciler, DecisionLog]:
+def flow(fake: FakeDatabricks) -> tuple[Pipeline, DecisionLog]:
     client = fakeredis.FakeRedis()
     log = DecisionLog(client)
-    databricks = DatabricksReconciler(api(fake), POLICIES, log, Approvals(client))
     # No MLflow anywhere: the open-source side must not be called for these events.
-    mlflow = MlflowApi(Settings(mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}"))
-    return Reconciler(mlflow, POLICIES, log, databricks=databricks), log
+    registries = Registries(
+        {
+            RegistryKind.MLFLOW: open_source(settings(fake)),
+            RegistryKind.DATABRICKS: registry(fake, client=client),
+        }
+    )
+    return Pipeline(registries, POLICIES, log), log
 
 
 def test_a_sweep_event_reaches_the_databricks_flow_and_is_decided(
-    fake: FakeDatabricks, flow: tuple[Reconciler, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
 ) -> None:
-    reconciler, log = flow
+    pipeline, log = flow
     fake.add_version("fraud-a", "1", creator="alice", metrics={"accuracy": 0.95})
     fake.request_transition("fraud-a", "1", "Production", user="bob", deliver=False)
     (event,) = sweep(fake)[0]
-    assert "approved" in reconciler.handle(event)
+    assert "approved" in pipeline.handle(event)
     assert fake.stage_of("fraud-a", "1") == "Production"
     assert [e["outcome"] for e in log.recent(model="fraud-a")] == ["approved"]
+    assert [e["origin"] for e in log.recent(model="fraud-a")] == ["sweep"]
     # The next sweep finds nothing open: it is decided once.
     assert sweep(fake)[0] == []
 
 
 def test_a_sweep_event_whose_request_was_decided_meanwhile_records_nothing(
-    fake: FakeDatabricks, flow: tuple[Reconciler, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
 ) -> None:
-    reconciler, log = flow
+    from shared.databricks import parse_webhook
+
+    pipeline, log = flow
     fake.add_version("fraud-a", "1", creator="alice", metrics={"accuracy": 0.95})
     body = fake.request_transition("fraud-a", "1", "Production", user="bob", deliver=False)
     (event,) = sweep(fake)[0]
     # The webhook's own event is decided first...
     webhook = parse_webhook(body, received_at=0.0)
-    assert webhook is not None and webhook.source == DATABRICKS_SOURCE
-    assert "approved" in reconciler.handle(webhook)
+    assert webhook is not None
+    assert webhook.registry is RegistryKind.DATABRICKS and webhook.origin is Origin.WEBHOOK
+    assert "approved" in pipeline.handle(webhook)
     # ...so the sweep's event finds no open request, and leaves no `skipped` entry.
-    assert "decided meanwhile" in reconciler.handle(event)
+    assert "decided meanwhile" in pipeline.handle(event)
     assert [e["outcome"] for e in log.recent(model="fraud-a")] == ["approved"]
     assert len(fake.calls_to("transition-requests/approve")) == 1
     # A webhook event in the same situation still records `skipped`.
-    reconciler.handle(webhook)
+    pipeline.handle(webhook)
     assert [e["outcome"] for e in log.recent(model="fraud-a")] == ["skipped", "approved"]
 
 
@@ -247,22 +262,20 @@ def installed(
 ) -> Iterator[list[dict[str, Any]]]:
     """A worker runtime on fakeredis and the fake workspace, with no MLflow server at all; what
     the tasks publish is collected."""
-    settings = Settings(
-        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
-        mlflow_timeout_seconds=2,
-        databricks_host=fake.url,
-        databricks_token=TOKEN,
-    )
+    config = settings(fake)
     client = fakeredis.FakeRedis()
-    log = DecisionLog(client)
-    mlflow = MlflowApi(settings)
-    databricks = DatabricksReconciler(api(fake), POLICIES, log, Approvals(client))
-    rt = runtime.Runtime(settings, POLICIES)
+    registries = Registries(
+        {
+            RegistryKind.MLFLOW: open_source(config),
+            RegistryKind.DATABRICKS: workspace(config, client),
+        }
+    )
+    rt = runtime.Runtime(config, POLICIES)
     rt._clients = runtime.Clients(
         pid=os.getpid(),
         redis=client,
-        api=mlflow,
-        reconciler=Reconciler(mlflow, POLICIES, log, databricks=databricks),
+        registries=registries,
+        pipeline=Pipeline(registries, POLICIES, DecisionLog(client)),
         deadletters=DeadLetterStore(client),
     )
     published: list[dict[str, Any]] = []
@@ -277,19 +290,24 @@ def test_the_databricks_sweep_runs_when_the_open_source_one_fails(
     fake.add_version("fraud-a", "1", creator="alice")
     fake.request_transition("fraud-a", "1", "Production", user="bob", deliver=False)
     report = tasks.sweep()
-    assert "sweep failed, trying again next interval: MlflowUnavailable" in report
-    assert "Databricks sweep enqueued 1 open transition requests" in report
-    assert [e["source"] for e in installed] == [DATABRICKS_SWEEP_SOURCE]
+    assert "MLflow sweep failed, trying again next interval: MlflowUnavailable" in report
+    assert "Databricks sweep enqueued 1 events owed" in report
+    assert [(e["registry"], e["origin"]) for e in installed] == [("databricks", "sweep")]
 
 
 def test_the_open_source_sweep_runs_when_the_workspace_is_down(
     fake: FakeDatabricks, installed: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tasks, "sweep_mlflow", lambda api, policies, publish: "oss swept")
+    mlflow = runtime.current().clients.registries.get(RegistryKind.MLFLOW)
+    owed = found_by_sweep(RegistryKind.MLFLOW, Kind.REQUEST, "m", "1", None)
+    monkeypatch.setattr(mlflow, "sweep", lambda policies: iter([owed]))
     fake.down = True
     report = tasks.sweep()
-    assert report.startswith("oss swept; Databricks sweep failed, trying again next interval")
+    assert report.startswith(
+        "MLflow sweep enqueued 1 events owed; Databricks sweep failed, trying again next interval"
+    )
     assert "Databricks answered 503" in report
+    assert installed == [owed.to_dict()]
 
 
 def test_the_redrive_checks_the_workspace_for_the_sweep_events_too(
@@ -301,8 +319,29 @@ def test_the_redrive_checks_the_workspace_for_the_sweep_events_too(
         seen.update(health)
         return "captured"
 
-    monkeypatch.setattr(tasks, "redrive_dead_letters", capture)
-    assert tasks.redrive() == "captured"
-    assert seen[DATABRICKS_SWEEP_SOURCE]() is True
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks, "redrive_dead_letters", capture)
+        assert tasks.redrive() == "captured"
+    assert seen[RegistryKind.DATABRICKS.value]() is True
+    # The sweep's events and the webhooks' are both waited for on the workspace's health.
+    store = runtime.current().clients.deadletters
+    for origin in (Origin.SWEEP, Origin.WEBHOOK):
+        owed = GateEvent(
+            event_id=f"dbx-{origin.value}",
+            registry=RegistryKind.DATABRICKS,
+            origin=origin,
+            kind=Kind.REQUEST,
+            model="fraud-a",
+            version="1",
+            target="Production",
+            received_at=0.0,
+            webhook_event="TEST",
+        )
+        store.put(owed.to_dict(), MlflowUnavailable("Databricks answered 503"), 16)
     fake.down = True
-    assert seen[DATABRICKS_SWEEP_SOURCE]() is False and seen[DATABRICKS_SOURCE]() is False
+    assert seen[RegistryKind.DATABRICKS.value]() is False
+    assert "still unavailable: databricks (2 waiting)" in tasks.redrive()
+    assert installed == []
+    fake.down = False
+    assert tasks.redrive().startswith("redrive: replayed 2")
+    assert sorted(e["event_id"] for e in installed) == ["dbx-sweep", "dbx-webhook"]

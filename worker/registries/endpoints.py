@@ -1,6 +1,6 @@
 """The MLflow model-registry REST endpoints the gate calls, over one RestClient.
 
-Open-source MLflow serves them all; the Databricks workspace registry serves the same reads and
+Open-source MLflow serves them all; a workspace registry built on MLflow serves the same reads and
 stage transitions (and has its own endpoints for transition requests on top).
 """
 
