@@ -71,7 +71,7 @@ def settings(fake: FakeDatabricks, token: str = TOKEN) -> Settings:
 def registry(
     fake: FakeDatabricks, token: str = TOKEN, client: fakeredis.FakeRedis | None = None
 ) -> DatabricksRegistry:
-    return workspace(settings(fake, token), client or fakeredis.FakeRedis())
+    return workspace(settings(fake, token), fakeredis.FakeRedis() if client is None else client)
 
 
 def sweep(fake: FakeDatabricks) -> tuple[list[GateEvent], str]:

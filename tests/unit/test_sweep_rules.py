@@ -1,4 +1,4 @@
-"""worker.registries.mlflow.undecided: which versions the sweep owes a decision, from their tags alone."""
+"""worker.registries.mlflow.undecided: which versions the sweep owes a decision (tags alone)."""
 
 from __future__ import annotations
 
