@@ -136,7 +136,7 @@ class InMemoryMlflow(BaseAdapter):
         return session
 
     # -- the transport --------------------------------------------------------------------
-    def send(  # type: ignore[override]
+    def send(
         self, request: requests.PreparedRequest, *_args: Any, **_kwargs: Any
     ) -> requests.Response:
         url = urlsplit(str(request.url))
