@@ -111,9 +111,11 @@ def test_a_signed_governance_request_is_accepted_and_published_once(receiver: Re
     assert response.json["event_id"] == "delivery-42"
     assert len(receiver.published) == 1
     event = receiver.published[0]
-    assert {k: event[k] for k in ("event_id", "source", "kind", "model", "version", "target")} == {
+    fields = ("event_id", "registry", "origin", "kind", "model", "version", "target")
+    assert {k: event[k] for k in fields} == {
         "event_id": "delivery-42",
-        "source": "mlflow",
+        "registry": "mlflow",
+        "origin": "webhook",
         "kind": "request",
         "model": "fraud-detector",
         "version": "3",
