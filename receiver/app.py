@@ -41,7 +41,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     for source in sources:
         add_webhook_route(app, source, intake)
-    app.register_blueprint(metrics_blueprint(client))
+    app.register_blueprint(metrics_blueprint(client, [s.name for s in sources]))
     app.register_blueprint(_health_blueprint(client))
     if settings.admin_token:
         app.register_blueprint(

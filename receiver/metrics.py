@@ -1,10 +1,14 @@
 """The receiver's Prometheus metrics: webhooks by outcome, acknowledgement latency, and the
-depth of the queue and of the dead-letter store (read from Redis at scrape time)."""
+depth of the queue and of the dead-letter store (read from Redis at scrape time).
+
+Every label value comes from a fixed set: the known sources, and UNKNOWN for any other path under
+/webhooks/, so that requests to made-up paths cannot grow /metrics (or the multiprocess files).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import redis
 from flask import Blueprint, Response, g, request
@@ -21,6 +25,8 @@ from prometheus_client.registry import Collector
 from receiver.webhooks import WEBHOOKS_PATH
 from shared import keys
 from shared.metrics import multiprocess_registry
+
+UNKNOWN = "unknown"  # the source label of a path under /webhooks/ that is no known source
 
 WEBHOOKS = Counter(
     "gate_webhooks_received_total",
@@ -58,9 +64,10 @@ class QueueDepthCollector(Collector):
         yield GaugeMetricFamily("gate_deadletter_depth", "Events in the dead-letter store", dead)
 
 
-def metrics_blueprint(client: redis.Redis) -> Blueprint:
+def metrics_blueprint(client: redis.Redis, sources: Iterable[str]) -> Blueprint:
     """GET /metrics, and the counting of every answer under /webhooks/ by source and outcome."""
     metrics = Blueprint("metrics", __name__)
+    label_of = {WEBHOOKS_PATH + name: name for name in sources}
     depth = CollectorRegistry()
     depth.register(QueueDepthCollector(client))
 
@@ -71,8 +78,8 @@ def metrics_blueprint(client: redis.Redis) -> Blueprint:
     @metrics.after_app_request
     def count_webhook(response: Response) -> Response:
         if request.path.startswith(WEBHOOKS_PATH):
-            source = request.path.rsplit("/", 1)[-1]
-            WEBHOOKS.labels(source, g.get("outcome", "unknown")).inc()
+            source = label_of.get(request.path, UNKNOWN)
+            WEBHOOKS.labels(source, g.get("outcome", UNKNOWN)).inc()
             ACK_SECONDS.labels(source).observe(time.perf_counter() - g.get("started", 0.0))
         return response
 
