@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
@@ -386,6 +388,26 @@ def test_readyz_follows_redis(receiver: Receiver) -> None:
     assert down.json["status"] == "unavailable"
     receiver.server.connected = True
     assert receiver.client.get("/readyz").status_code == 200
+
+
+def test_readyz_does_not_show_redis_s_error_text_but_logs_it(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given Redis fails with an error naming its host and password
+    leak = "Error connecting to redis://gate:hunter2@redis.internal.example:6379"
+
+    def ping() -> bool:
+        raise redis.ConnectionError(leak)
+
+    monkeypatch.setattr(receiver.redis, "ping", ping)
+    # When /readyz is asked
+    with caplog.at_level(logging.WARNING):
+        down = receiver.client.get("/readyz")
+    # Then it answers 503 with a fixed body, and the detail is in the log only
+    assert down.status_code == 503
+    assert down.json == {"status": "unavailable", "redis": "unreachable"}
+    assert "hunter2" not in down.get_data(as_text=True)
+    assert leak in caplog.text
 
 
 # --- metrics -----------------------------------------------------------------------------------
