@@ -17,14 +17,14 @@ import time
 
 from _stack import no_decision_log
 from flask import Flask, Response, jsonify, request
+from worker.mlflow_api import MlflowApi
+from worker.reconcile import Reconciler
 
 from shared import signing
 from shared.errors import EventError, MlflowUnavailable, SignatureError
 from shared.events import Kind, parse_mlflow_webhook
 from shared.policy import load_policies
 from shared.settings import Settings
-from worker.mlflow_api import MlflowApi
-from worker.reconcile import Reconciler
 
 
 def create_app() -> Flask:

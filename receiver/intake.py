@@ -21,7 +21,7 @@ class Accepted(str, Enum):
 
 
 class QueueUnavailable(TransientError):
-    """Redis could not take the event: answer 503 so that MLflow retries."""
+    """Redis could not take the event: answer 503 so that the sender retries."""
 
 
 class Intake:
@@ -32,7 +32,7 @@ class Intake:
 
     def accept(self, event: GateEvent) -> Accepted:
         """Enqueue the event once per delivery id; raise QueueUnavailable if it cannot be."""
-        marker = keys.delivery(event.source, event.event_id)
+        marker = keys.delivery(event.registry.value, event.event_id)
         try:
             claimed = self.client.set(
                 marker, _PENDING, nx=True, ex=keys.DELIVERY_PENDING_TTL_SECONDS

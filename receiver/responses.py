@@ -1,7 +1,7 @@
 """What every webhook route does once the sender is verified: parse, queue once, answer.
 
-One place for the answers, so that MLflow's and Databricks's routes say the same thing for the
-same situation (202 queued, 200 ignored or duplicate, 400 naming the field, 503 Retry-After).
+One place for the answers, so that every source's route says the same thing for the same
+situation (202 queued, 200 ignored or duplicate, 400 naming the field, 503 Retry-After).
 """
 
 from __future__ import annotations

@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from shared.errors import EventError, SignatureError
-from shared.events import DATABRICKS_SOURCE, GateEvent, Kind
+from shared.errors import ConfigError, EventError, SignatureError
+from shared.events import GateEvent, Kind, Origin, RegistryKind
 from shared.policy import STAGES, Target
 
 SIGNATURE_HEADER = "X-Databricks-Signature"
@@ -44,48 +45,55 @@ TRANSITION_EVENTS = (
 SUBSCRIBED = ("TRANSITION_REQUEST_CREATED", "MODEL_VERSION_TRANSITIONED_STAGE")
 
 
-def sign(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+class DatabricksVerifier:
+    """Checks that a request carries what is configured: the signature of the body (with
+    `secret`), the exact Authorization header (with `authorization`), or both."""
 
-
-def verify(
-    *,
-    secret: str | None,
-    authorization: str | None,
-    signature_header: str | None,
-    authorization_header: str | None,
-    body: bytes,
-) -> None:
-    """Raise SignatureError unless the request carries what is configured: the signature for
-    this body (with `secret`), the exact Authorization header (with `authorization`), or both."""
-    if not secret and not authorization:
-        raise SignatureError(
-            "Databricks webhooks are not configured: set GATE_DATABRICKS_WEBHOOK_SECRET (and/or "
-            "GATE_DATABRICKS_WEBHOOK_AUTHORIZATION)"
-        )
-    if secret:
-        if not signature_header:
-            raise SignatureError(
-                f"missing {SIGNATURE_HEADER} header: was the webhook created with "
-                "http_url_spec.secret?"
+    def __init__(self, secret: str | None = None, authorization: str | None = None) -> None:
+        if not secret and not authorization:
+            raise ConfigError(
+                "Databricks webhooks are not configured: set GATE_DATABRICKS_WEBHOOK_SECRET "
+                "(and/or GATE_DATABRICKS_WEBHOOK_AUTHORIZATION)"
             )
-        expected = sign(secret, body).encode()
-        if not hmac.compare_digest(expected, signature_header.strip().lower().encode()):
-            raise SignatureError(
-                f"{SIGNATURE_HEADER} does not match: the webhook's secret differs from "
-                "GATE_DATABRICKS_WEBHOOK_SECRET, or the body was altered"
+        self._key = secret.encode() if secret else None
+        self._authorization = authorization.encode() if authorization else None
+
+    def sign(self, body: bytes) -> str:
+        if self._key is None:
+            raise ConfigError(
+                "no GATE_DATABRICKS_WEBHOOK_SECRET: webhooks verified by their Authorization "
+                "header alone carry no signature"
             )
-    if authorization:
-        given = (authorization_header or "").encode()
-        if not hmac.compare_digest(given, authorization.encode()):
-            raise SignatureError(
-                f"{AUTHORIZATION_HEADER} header missing or not the one configured on the webhook "
-                "(GATE_DATABRICKS_WEBHOOK_AUTHORIZATION)"
-            )
+        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> None:
+        """Raise SignatureError unless every configured check passes."""
+        given = {name.lower(): value for name, value in headers.items()}
+        if self._key is not None:
+            signature = given.get(SIGNATURE_HEADER.lower())
+            if not signature:
+                raise SignatureError(
+                    f"missing {SIGNATURE_HEADER} header: was the webhook created with "
+                    "http_url_spec.secret?"
+                )
+            expected = self.sign(body).encode()
+            if not hmac.compare_digest(expected, signature.strip().lower().encode()):
+                raise SignatureError(
+                    f"{SIGNATURE_HEADER} does not match: the webhook's secret differs from "
+                    "GATE_DATABRICKS_WEBHOOK_SECRET, or the body was altered"
+                )
+        if self._authorization is not None:
+            sent = given.get(AUTHORIZATION_HEADER.lower(), "").encode()
+            if not hmac.compare_digest(sent, self._authorization):
+                raise SignatureError(
+                    f"{AUTHORIZATION_HEADER} header missing or not the one configured on the "
+                    "webhook (GATE_DATABRICKS_WEBHOOK_AUTHORIZATION)"
+                )
 
 
-def event_id(body: bytes) -> str:
-    """Databricks sends no delivery id: a redelivery is the same body, hence the same id."""
+def event_id_of(body: bytes, headers: Mapping[str, str] | None = None) -> str:
+    """Databricks sends no delivery id (the headers carry none): a redelivery is the same body,
+    hence the same id."""
     return EVENT_ID_PREFIX + hashlib.sha256(body).hexdigest()
 
 
@@ -140,10 +148,12 @@ def parse_payload(body: bytes) -> Payload | None:
 
 
 def to_event(payload: Payload, *, event_id: str, received_at: float) -> GateEvent:
-    kind = Kind.TRANSITION_REQUESTED if payload.event in REQUEST_EVENTS else Kind.STAGE_TRANSITIONED
+    """A transition request asks the gate to decide; a transition moves a stage it guards."""
+    kind = Kind.REQUEST if payload.event in REQUEST_EVENTS else Kind.STAGE_TRANSITIONED
     return GateEvent(
         event_id=event_id,
-        source=DATABRICKS_SOURCE,
+        registry=RegistryKind.DATABRICKS,
+        origin=Origin.WEBHOOK,
         kind=kind,
         model=payload.model,
         version=payload.version,
@@ -154,11 +164,14 @@ def to_event(payload: Payload, *, event_id: str, received_at: float) -> GateEven
     )
 
 
-def parse_webhook(body: bytes, *, received_at: float) -> GateEvent | None:
+def parse_webhook(
+    body: bytes, *, received_at: float, event_id: str | None = None
+) -> GateEvent | None:
+    """The event of a webhook (its id `event_id`, by default `event_id_of(body)`), or None."""
     payload = parse_payload(body)
     if payload is None:
         return None
-    return to_event(payload, event_id=event_id(body), received_at=received_at)
+    return to_event(payload, event_id=event_id or event_id_of(body), received_at=received_at)
 
 
 def _str(data: dict[str, Any], key: str) -> str:

@@ -137,23 +137,25 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
     if not isinstance(data, dict):
         raise EventError("field 'data' is missing or not an object")
     model = _str(data, "name", where="data.")
-    common: dict[str, Any] = {
-        "event_id": event_id,
-        "registry": RegistryKind.MLFLOW,
-        "origin": Origin.WEBHOOK,
-        "model": model,
-    }
-    if name == "model_version_tag.set":
-        if _str(data, "key", where="data.") != tags.REQUEST:
-            return None  # any other tag, the gate's own decision tags included: no loop
+
+    def event(kind: Kind, version: str | None, target: str) -> GateEvent:
         return GateEvent(
-            **common,
-            kind=Kind.REQUEST,
-            version=_version(data),
-            target=_str(data, "value", where="data.", allow_empty=True),
+            event_id=event_id,
+            registry=RegistryKind.MLFLOW,
+            origin=Origin.WEBHOOK,
+            kind=kind,
+            model=model,
+            version=version,
+            target=target,
             received_at=received_at,
             webhook_event=name,
         )
+
+    if name == "model_version_tag.set":
+        if _str(data, "key", where="data.") != tags.REQUEST:
+            return None  # any other tag, the gate's own decision tags included: no loop
+        version = _version(data)
+        return event(Kind.REQUEST, version, _str(data, "value", where="data.", allow_empty=True))
     if name == "model_version.created":
         version_tags = data.get("tags")
         if version_tags is None:
@@ -165,32 +167,11 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
             return None  # a version without a request: nothing to decide yet
         if not isinstance(requested, str):
             raise EventError(f"field 'data.tags.{tags.REQUEST}' must be a string")
-        return GateEvent(
-            **common,
-            kind=Kind.REQUEST,
-            version=_version(data),
-            target=requested,
-            received_at=received_at,
-            webhook_event=name,
-        )
+        return event(Kind.REQUEST, _version(data), requested)
     alias = _str(data, "alias", where="data.")
     if name == "model_version_alias.created":
-        return GateEvent(
-            **common,
-            kind=Kind.ALIAS_CREATED,
-            version=_version(data),
-            target=alias,
-            received_at=received_at,
-            webhook_event=name,
-        )
-    return GateEvent(
-        **common,
-        kind=Kind.ALIAS_DELETED,
-        version=None,
-        target=alias,
-        received_at=received_at,
-        webhook_event=name,
-    )
+        return event(Kind.ALIAS_CREATED, _version(data), alias)
+    return event(Kind.ALIAS_DELETED, None, alias)
 
 
 def _str(data: dict[str, Any], key: str, *, where: str = "", allow_empty: bool = False) -> str:

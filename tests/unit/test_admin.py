@@ -26,7 +26,8 @@ REPLAY = "/admin/dlq/replay"
 def gate_event(event_id: str, model: str = "fraud-detector", version: str = "3") -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "source": "mlflow",
+        "registry": "mlflow",
+        "origin": "webhook",
         "kind": "request",
         "model": model,
         "version": version,

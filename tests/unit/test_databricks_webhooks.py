@@ -15,9 +15,9 @@ from flask.testing import FlaskClient
 
 from receiver.app import create_app
 from shared import databricks, keys
-from shared.errors import EventError, SignatureError
-from shared.events import GateEvent, Kind
-from shared.settings import Settings
+from shared.errors import ConfigError, EventError, SignatureError
+from shared.events import GateEvent, Kind, Origin, RegistryKind
+from shared.settings import DatabricksSettings, Settings
 
 SECRET = "dbx-unit-secret"
 URL = "/webhooks/databricks"
@@ -45,25 +45,56 @@ def body(**fields: Any) -> bytes:
 # --- signatures ----------------------------------------------------------------------------
 
 
+def verify(
+    *,
+    secret: str | None,
+    authorization: str | None,
+    signature_header: str | None,
+    authorization_header: str | None,
+    body: bytes,
+) -> None:
+    """Verify `body` sent with the given headers (None: not sent) against what is configured."""
+    headers = {
+        name: value
+        for name, value in (
+            ("X-Databricks-Signature", signature_header),
+            ("Authorization", authorization_header),
+        )
+        if value is not None
+    }
+    databricks.DatabricksVerifier(secret, authorization).verify(body, headers)
+
+
 def test_sign_matches_a_fixed_vector() -> None:
     # A vector computed once with: hmac.new(b"key", b"The quick brown fox...", sha256)
     text = b"The quick brown fox jumps over the lazy dog"
     expected = "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
     assert hex_hmac("key", text) == expected
-    assert databricks.sign("key", text) == expected
+    assert databricks.DatabricksVerifier(secret="key").sign(text) == expected
+
+
+def test_without_a_secret_there_is_nothing_to_sign_with() -> None:
+    with pytest.raises(ConfigError, match="GATE_DATABRICKS_WEBHOOK_SECRET"):
+        databricks.DatabricksVerifier(authorization="Bearer x").sign(b"{}")
 
 
 def test_a_correct_signature_passes_and_is_case_insensitive() -> None:
     raw = body()
     sig = hex_hmac(SECRET, raw)
     for given in (sig, sig.upper(), f" {sig} "):
-        databricks.verify(
+        verify(
             secret=SECRET,
             authorization=None,
             signature_header=given,
             authorization_header=None,
             body=raw,
         )
+
+
+def test_header_names_are_case_insensitive() -> None:
+    raw = body()
+    headers = {"x-databricks-signature": hex_hmac(SECRET, raw), "AUTHORIZATION": "Bearer x"}
+    databricks.DatabricksVerifier(SECRET, "Bearer x").verify(raw, headers)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +109,7 @@ def test_a_correct_signature_passes_and_is_case_insensitive() -> None:
 )
 def test_a_missing_or_forged_signature_is_refused(signature: str | None, fragment: str) -> None:
     with pytest.raises(SignatureError, match=fragment):
-        databricks.verify(
+        verify(
             secret=SECRET,
             authorization=None,
             signature_header=signature,
@@ -90,18 +121,18 @@ def test_a_missing_or_forged_signature_is_refused(signature: str | None, fragmen
 def test_the_authorization_header_must_match_exactly() -> None:
     raw = body()
     kwargs: dict[str, Any] = {"secret": None, "authorization": "Bearer s3cret", "body": raw}
-    databricks.verify(signature_header=None, authorization_header="Bearer s3cret", **kwargs)
+    verify(signature_header=None, authorization_header="Bearer s3cret", **kwargs)
     for wrong in (None, "", "Bearer s3cre", "Bearer s3cret2", "bearer s3cret"):
         with pytest.raises(SignatureError, match="Authorization"):
-            databricks.verify(signature_header=None, authorization_header=wrong, **kwargs)
+            verify(signature_header=None, authorization_header=wrong, **kwargs)
 
 
 def test_with_both_configured_both_are_required() -> None:
     raw = body()
     good = {"signature_header": hex_hmac(SECRET, raw), "authorization_header": "Bearer x"}
-    databricks.verify(secret=SECRET, authorization="Bearer x", body=raw, **good)
+    verify(secret=SECRET, authorization="Bearer x", body=raw, **good)
     with pytest.raises(SignatureError):
-        databricks.verify(
+        verify(
             secret=SECRET,
             authorization="Bearer x",
             body=raw,
@@ -109,7 +140,7 @@ def test_with_both_configured_both_are_required() -> None:
             authorization_header=None,
         )
     with pytest.raises(SignatureError):
-        databricks.verify(
+        verify(
             secret=SECRET,
             authorization="Bearer x",
             body=raw,
@@ -118,15 +149,17 @@ def test_with_both_configured_both_are_required() -> None:
         )
 
 
-def test_nothing_configured_verifies_nothing() -> None:
-    with pytest.raises(SignatureError, match="not configured"):
-        databricks.verify(
-            secret=None,
-            authorization=None,
-            signature_header="x",
-            authorization_header="y",
-            body=b"{}",
-        )
+@pytest.mark.parametrize("empty", [None, ""])
+def test_nothing_configured_is_refused_when_the_verifier_is_built(empty: str | None) -> None:
+    with pytest.raises(ConfigError, match="not configured"):
+        databricks.DatabricksVerifier(empty, empty)
+
+
+def test_the_event_id_is_a_hash_of_the_body_whatever_the_headers() -> None:
+    raw = body()
+    expected = "dbx-" + hashlib.sha256(raw).hexdigest()
+    assert databricks.event_id_of(raw, {}) == expected
+    assert databricks.event_id_of(raw, {"X-Databricks-Signature": "x"}) == expected
 
 
 # --- payloads ------------------------------------------------------------------------------
@@ -136,8 +169,8 @@ def test_a_transition_request_becomes_an_event() -> None:
     raw = body()
     event = databricks.parse_webhook(raw, received_at=100.0)
     assert event is not None
-    assert event.source == "databricks"
-    assert event.kind is Kind.TRANSITION_REQUESTED
+    assert (event.registry, event.origin) == (RegistryKind.DATABRICKS, Origin.WEBHOOK)
+    assert event.kind is Kind.REQUEST
     assert (event.model, event.version, event.target) == (
         "Airline_Delay_SparkML",
         "8",
@@ -176,7 +209,7 @@ def test_stage_is_a_synonym_of_to_stage_and_stages_are_canonical() -> None:
 )
 def test_every_request_event_is_a_request(name: str) -> None:
     event = databricks.parse_webhook(body(event=name), received_at=0.0)
-    assert event is not None and event.kind is Kind.TRANSITION_REQUESTED
+    assert event is not None and event.kind is Kind.REQUEST
 
 
 @pytest.mark.parametrize(
@@ -232,11 +265,13 @@ class Sink:
         self.published.append(event)
 
 
-def client(**settings: Any) -> tuple[FlaskClient, Sink, fakeredis.FakeRedis]:
+def client(
+    databricks: DatabricksSettings | None = None, **settings: Any
+) -> tuple[FlaskClient, Sink, fakeredis.FakeRedis]:
     redis_client = fakeredis.FakeRedis()
     sink = Sink()
     app = create_app(
-        Settings(webhook_secret="mlflow-secret", **settings),
+        Settings(webhook_secret="mlflow-secret", databricks=databricks, **settings),
         redis_client=redis_client,
         publish=sink,
     )
@@ -244,14 +279,14 @@ def client(**settings: Any) -> tuple[FlaskClient, Sink, fakeredis.FakeRedis]:
 
 
 def test_the_route_accepts_a_signed_request_once() -> None:
-    http, sink, redis_client = client(databricks_webhook_secret=SECRET)
+    http, sink, redis_client = client(DatabricksSettings(webhook_secret=SECRET))
     raw = body()
     headers = {"X-Databricks-Signature": hex_hmac(SECRET, raw)}
     first = http.post(URL, data=raw, headers=headers)
     assert first.status_code == 202, first.json
     event_id = "dbx-" + hashlib.sha256(raw).hexdigest()
     assert first.json["event_id"] == event_id
-    assert sink.published[0]["source"] == "databricks"
+    assert (sink.published[0]["registry"], sink.published[0]["origin"]) == ("databricks", "webhook")
     assert redis_client.get(keys.delivery("databricks", event_id)) == event_id.encode()
     again = http.post(URL, data=raw, headers=headers)
     assert (again.status_code, again.json["status"]) == (200, "duplicate")
@@ -263,14 +298,14 @@ def test_the_route_accepts_a_signed_request_once() -> None:
     [{}, {"X-Databricks-Signature": "0" * 64}, {"X-Databricks-Signature": hex_hmac("x", body())}],
 )
 def test_the_route_refuses_unsigned_and_forged(headers: dict[str, str]) -> None:
-    http, sink, _ = client(databricks_webhook_secret=SECRET)
+    http, sink, _ = client(DatabricksSettings(webhook_secret=SECRET))
     response = http.post(URL, data=body(), headers=headers)
     assert response.status_code == 401
     assert not sink.published
 
 
 def test_the_route_checks_the_authorization_header() -> None:
-    http, sink, _ = client(databricks_webhook_authorization="Bearer hook-token")
+    http, sink, _ = client(DatabricksSettings(webhook_authorization="Bearer hook-token"))
     assert http.post(URL, data=body(), headers={"Authorization": "Bearer nope"}).status_code == 401
     ok = http.post(URL, data=body(), headers={"Authorization": "Bearer hook-token"})
     assert ok.status_code == 202
@@ -278,7 +313,7 @@ def test_the_route_checks_the_authorization_header() -> None:
 
 
 def test_the_route_answers_400_ignored_and_does_not_exist_unconfigured() -> None:
-    http, sink, _ = client(databricks_webhook_secret=SECRET)
+    http, sink, _ = client(DatabricksSettings(webhook_secret=SECRET))
     bad = body(version="x")
     assert (
         http.post(
@@ -298,9 +333,26 @@ def test_the_route_answers_400_ignored_and_does_not_exist_unconfigured() -> None
 
 def test_a_receiver_for_databricks_only_starts_and_refuses_mlflow_webhooks() -> None:
     # Given only the Databricks webhook secret (no GATE_WEBHOOK_SECRET)
-    settings = Settings(databricks_webhook_secret="dbx-secret")
+    settings = Settings(databricks=DatabricksSettings(webhook_secret="dbx-secret"))
     app = create_app(settings, redis_client=fakeredis.FakeRedis(), publish=lambda event: None)
     # When an MLflow webhook arrives, Then it is refused: nothing can verify it
     response = app.test_client().post("/webhooks/mlflow", data=b"{}")
     assert response.status_code == 401
     assert "GATE_WEBHOOK_SECRET" in response.json["message"]
+
+
+def test_a_workspace_without_webhook_verification_has_no_route() -> None:
+    # Given a workspace the workers decide, but no webhook secret or authorization
+    http, _, _ = client(DatabricksSettings(host="https://dbc.example", token="t"))
+    # Then the route does not exist: nothing could verify what arrives there
+    assert http.post(URL, data=body()).status_code == 404
+
+
+def test_unsigned_mode_routes_unverified_requests() -> None:
+    # Given a receiver in unsigned development mode, without any Databricks setting
+    http, sink, _ = client(allow_unsigned=True)
+    # When an unsigned request arrives, Then it is accepted, its id a hash of the body
+    response = http.post(URL, data=body())
+    assert response.status_code == 202
+    assert response.json["event_id"] == "dbx-" + hashlib.sha256(body()).hexdigest()
+    assert len(sink.published) == 1

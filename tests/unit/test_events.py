@@ -20,7 +20,7 @@ from mlflow.webhooks.types import (
 
 from shared import tags
 from shared.errors import EventError
-from shared.events import SUBSCRIBED, GateEvent, Kind, parse_mlflow_webhook
+from shared.events import SUBSCRIBED, GateEvent, Kind, Origin, RegistryKind, parse_mlflow_webhook
 
 EVENT_ID = "delivery-1"
 RECEIVED_AT = 1_700_000_000.5
@@ -60,7 +60,8 @@ def test_a_governance_request_tag_becomes_a_request_event() -> None:
     # Then it is a request for that version and target, carrying the receiver's id and time
     assert event == GateEvent(
         event_id=EVENT_ID,
-        source="mlflow",
+        registry=RegistryKind.MLFLOW,
+        origin=Origin.WEBHOOK,
         kind=Kind.REQUEST,
         model="fraud-detector",
         version="3",
@@ -86,7 +87,8 @@ def test_mlflows_example_alias_created_payload_becomes_an_alias_created_event() 
     # Then the alias and version are carried over
     assert event == GateEvent(
         event_id=EVENT_ID,
-        source="mlflow",
+        registry=RegistryKind.MLFLOW,
+        origin=Origin.WEBHOOK,
         kind=Kind.ALIAS_CREATED,
         model=data["name"],
         version=data["version"],
@@ -101,7 +103,8 @@ def test_mlflows_example_alias_deleted_payload_becomes_an_alias_deleted_event() 
     event = parse(webhook("model_version_alias", "deleted", data))
     assert event == GateEvent(
         event_id=EVENT_ID,
-        source="mlflow",
+        registry=RegistryKind.MLFLOW,
+        origin=Origin.WEBHOOK,
         kind=Kind.ALIAS_DELETED,
         model=data["name"],
         version=None,
@@ -310,12 +313,15 @@ def test_a_version_string_too_long_to_convert_is_an_event_error() -> None:
 
 # --- GateEvent round trip ----------------------------------------------------------------------
 
+MLFLOW_WEBHOOK = (RegistryKind.MLFLOW, Origin.WEBHOOK)
 EVENTS = [
-    GateEvent("d-1", "mlflow", Kind.REQUEST, "m", "3", "champion", 1.5, "model_version_tag.set"),
-    GateEvent("d-2", "mlflow", Kind.REQUEST, "m", "3", "", 0.0, "model_version_tag.set"),
+    GateEvent(
+        "d-1", *MLFLOW_WEBHOOK, Kind.REQUEST, "m", "3", "champion", 1.5, "model_version_tag.set"
+    ),
+    GateEvent("d-2", *MLFLOW_WEBHOOK, Kind.REQUEST, "m", "3", "", 0.0, "model_version_tag.set"),
     GateEvent(
         "d-3",
-        "mlflow",
+        *MLFLOW_WEBHOOK,
         Kind.ALIAS_CREATED,
         "m",
         "4",
@@ -325,7 +331,7 @@ EVENTS = [
     ),
     GateEvent(
         "d-4",
-        "mlflow",
+        *MLFLOW_WEBHOOK,
         Kind.ALIAS_DELETED,
         "m",
         None,
@@ -345,6 +351,28 @@ def test_an_event_survives_a_json_round_trip(event: GateEvent) -> None:
     assert back == event
     assert data["kind"] == event.kind.value
     assert type(data["kind"]) is str
+
+
+@pytest.mark.parametrize(
+    ("source", "registry", "origin"),
+    [("mlflow", RegistryKind.MLFLOW, Origin.WEBHOOK), ("sweep", RegistryKind.MLFLOW, Origin.SWEEP)],
+)
+def test_an_event_written_before_the_registry_origin_split_still_reads(
+    source: str, registry: RegistryKind, origin: Origin
+) -> None:
+    # Given an event as queued or dead-lettered by an older gate: one `source`, no registry/origin
+    data = EVENTS[0].to_dict()
+    del data["registry"], data["origin"]
+    data["source"] = source
+    # When it is read back, Then the source names both
+    event = GateEvent.from_dict(data)
+    assert (event.registry, event.origin) == (registry, origin)
+    assert event.kind is Kind.REQUEST
+
+
+def test_the_legacy_transition_requested_kind_reads_as_a_request() -> None:
+    data = {**EVENTS[0].to_dict(), "kind": "transition_requested"}
+    assert GateEvent.from_dict(data).kind is Kind.REQUEST
 
 
 @pytest.mark.parametrize("garbage", [None, [], "event", 3, ["event_id", "d-1"]])
@@ -369,7 +397,10 @@ def _event_dict(**changes: Any) -> dict[str, Any]:
         (_event_dict(event_id=_DROP), "event_id"),
         (_event_dict(model=7), "model"),
         (_event_dict(model=""), "model"),
-        (_event_dict(source=_DROP), "source"),
+        (_event_dict(registry=_DROP), "RegistryKind"),
+        (_event_dict(registry="gitlab"), "gitlab"),
+        (_event_dict(origin=_DROP), "Origin"),
+        (_event_dict(origin="rumour"), "rumour"),
         (_event_dict(webhook_event=None), "webhook_event"),
         (_event_dict(kind="promote"), "promote"),
         (_event_dict(kind=_DROP), "None"),

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,9 +19,11 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
+from receiver.metrics import ACK_SECONDS, WEBHOOKS
 from shared import keys
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -111,9 +114,11 @@ def test_a_signed_governance_request_is_accepted_and_published_once(receiver: Re
     assert response.json["event_id"] == "delivery-42"
     assert len(receiver.published) == 1
     event = receiver.published[0]
-    assert {k: event[k] for k in ("event_id", "source", "kind", "model", "version", "target")} == {
+    fields = ("event_id", "registry", "origin", "kind", "model", "version", "target")
+    assert {k: event[k] for k in fields} == {
         "event_id": "delivery-42",
-        "source": "mlflow",
+        "registry": "mlflow",
+        "origin": "webhook",
         "kind": "request",
         "model": "fraud-detector",
         "version": "3",
@@ -383,6 +388,71 @@ def test_readyz_follows_redis(receiver: Receiver) -> None:
     assert down.json["status"] == "unavailable"
     receiver.server.connected = True
     assert receiver.client.get("/readyz").status_code == 200
+
+
+def test_readyz_does_not_show_redis_s_error_text_but_logs_it(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given Redis fails with an error naming its host and password
+    leak = "Error connecting to redis://gate:hunter2@redis.internal.example:6379"
+
+    def ping() -> bool:
+        raise redis.ConnectionError(leak)
+
+    monkeypatch.setattr(receiver.redis, "ping", ping)
+    # When /readyz is asked
+    with caplog.at_level(logging.WARNING):
+        down = receiver.client.get("/readyz")
+    # Then it answers 503 with a fixed body, and the detail is in the log only
+    assert down.status_code == 503
+    assert down.json == {"status": "unavailable", "redis": "unreachable"}
+    assert "hunter2" not in down.get_data(as_text=True)
+    assert leak in caplog.text
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def _source_labels() -> set[str]:
+    return {
+        sample.labels["source"]
+        for metric in (WEBHOOKS, ACK_SECONDS)
+        for family in metric.collect()
+        for sample in family.samples
+    }
+
+
+def _received(source: str, outcome: str) -> float:
+    wanted = {"source": source, "outcome": outcome}
+    samples = [s for f in WEBHOOKS.collect() for s in f.samples if s.name.endswith("_total")]
+    return sum(s.value for s in samples if s.labels == wanted)
+
+
+def test_webhooks_are_counted_by_source_and_outcome(receiver: Receiver) -> None:
+    body = mlflow_body()
+    before = _received("mlflow", "accepted"), _received("mlflow", "unauthorized")
+    assert receiver.post(body, signed(body)).status_code == 202
+    assert receiver.post(body, signed(body, secret="forged")).status_code == 401
+    assert (_received("mlflow", "accepted"), _received("mlflow", "unauthorized")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+    assert "gate_webhooks_received_total" in receiver.client.get("/metrics").get_data(as_text=True)
+
+
+def test_requests_to_made_up_webhook_paths_add_no_label_values(receiver: Receiver) -> None:
+    # Given the label values the metrics have so far (and one request to an unknown path, so
+    # that the fixed label for unknown paths exists already)
+    assert receiver.client.post(f"/webhooks/{uuid.uuid4()}", data=b"{}").status_code == 404
+    before = _source_labels()
+    # When anyone posts to 50 made-up paths under /webhooks/, without any credentials
+    for _ in range(50):
+        path = f"/webhooks/{uuid.uuid4()}"
+        assert receiver.client.post(path, data=b"{}").status_code == 404
+    # Then no new label value appears: each was counted under the one fixed label
+    after = _source_labels()
+    assert after == before
+    assert "unknown" in after
 
 
 def test_create_app_refuses_to_start_without_a_secret() -> None:

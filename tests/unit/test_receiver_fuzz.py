@@ -89,7 +89,7 @@ def assert_the_worker_can_read(event: dict[str, Any], delivery_id: str) -> None:
     """What is published is an event the worker parses back unchanged, with well-typed fields."""
     assert GateEvent.from_dict(event).to_dict() == event
     assert event["event_id"] == delivery_id
-    assert event["source"] == "mlflow"
+    assert (event["registry"], event["origin"]) == ("mlflow", "webhook")
     assert event["kind"] in ("request", "alias_created", "alias_deleted")
     assert isinstance(event["model"], str)
     assert event["model"]

@@ -1,4 +1,4 @@
-"""shared.signing: signatures agree with MLflow's own, and verify() refuses anything off."""
+"""shared.signing: MlflowVerifier signs as MLflow does, and verify() refuses anything off."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from hypothesis import strategies as st
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from shared import signing
-from shared.errors import SignatureError
+from shared.errors import ConfigError, SignatureError
 
 SECRET = "whsec-unit-test"
 DELIVERY_ID = "7f1c3a52-0d7e-4b8e-9a6f-3c2d1e0f9a8b"
 NOW = 1_700_000_000
 BODY = b'{"entity": "model_version_tag", "action": "set", "data": {"name": "m"}}'
+
+
+def _sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    return signing.MlflowVerifier(secret).sign(delivery_id, timestamp, body)
 
 
 def _mlflow_signs(secret: str, delivery_id: str, timestamp: str, body_text: str) -> str:
@@ -41,7 +45,7 @@ def test_sign_matches_mlflow_byte_for_byte(body_text: str) -> None:
     # Given a body as MLflow serialises it (a str, sent as UTF-8 bytes)
     timestamp = str(NOW)
     # When the gate signs the bytes and MLflow signs the str
-    ours = signing.sign(SECRET, DELIVERY_ID, timestamp, body_text.encode("utf-8"))
+    ours = _sign(SECRET, DELIVERY_ID, timestamp, body_text.encode("utf-8"))
     theirs = _mlflow_signs(SECRET, DELIVERY_ID, timestamp, body_text)
     # Then both signatures are identical
     assert ours == theirs
@@ -59,7 +63,7 @@ def test_sign_matches_mlflow_for_any_input(
 ) -> None:
     # Given any secret, delivery id, timestamp and (possibly non-ASCII) body
     # When both implementations sign it
-    ours = signing.sign(secret, delivery_id, timestamp, body_text.encode("utf-8"))
+    ours = _sign(secret, delivery_id, timestamp, body_text.encode("utf-8"))
     # Then they agree
     assert ours == _mlflow_signs(secret, delivery_id, timestamp, body_text)
 
@@ -73,7 +77,7 @@ def test_sign_matches_a_vector_computed_by_hand() -> None:
     ).digest()
     expected = "v1," + base64.b64encode(mac).decode("ascii")
     # When the gate signs it
-    signature = signing.sign(secret, delivery_id, timestamp, body)
+    signature = _sign(secret, delivery_id, timestamp, body)
     # Then it is the hand-computed value, in the "v1,<base64>" format
     assert signature == expected
     assert signature.startswith("v1,")
@@ -88,7 +92,9 @@ def _valid_signature(body: bytes = BODY, timestamp: int = NOW) -> str:
 
 
 def _verify(**overrides: object) -> None:
+    """Verify a delivery made of the defaults and `overrides`; a header given as None is absent."""
     args: dict[str, object] = {
+        "secret": SECRET,
         "delivery_id": DELIVERY_ID,
         "timestamp": str(NOW),
         "signature": _valid_signature(),
@@ -96,8 +102,18 @@ def _verify(**overrides: object) -> None:
         "now": float(NOW),
     }
     args.update(overrides)
-    secret = str(args.pop("secret", SECRET))
-    signing.verify(secret, **args)  # type: ignore[arg-type]
+    headers = {
+        name: str(args[field])
+        for field, name in (
+            ("signature", signing.SIGNATURE_HEADER),
+            ("delivery_id", signing.DELIVERY_ID_HEADER),
+            ("timestamp", signing.TIMESTAMP_HEADER),
+        )
+        if args[field] is not None
+    }
+    now = float(args["now"])  # type: ignore[arg-type]
+    verifier = signing.MlflowVerifier(str(args["secret"]), clock=lambda: now)
+    verifier.verify(args["body"], headers)  # type: ignore[arg-type]
 
 
 def test_verify_accepts_mlflows_signature() -> None:
@@ -196,3 +212,56 @@ def test_verify_rejects_an_absurdly_large_timestamp_as_a_signature_error() -> No
     huge = "1" + "0" * 400
     with pytest.raises(SignatureError):
         _verify(timestamp=huge, signature=_mlflow_signs(SECRET, DELIVERY_ID, huge, BODY.decode()))
+
+
+def test_header_names_are_case_insensitive() -> None:
+    # Given the headers as a WSGI server may spell them (werkzeug title-cases them)
+    headers = {
+        "x-mlflow-signature": _valid_signature(),
+        "X-MLFLOW-DELIVERY-ID": DELIVERY_ID,
+        "X-Mlflow-Timestamp": str(NOW),
+    }
+    # When they are verified, Then they are found
+    signing.MlflowVerifier(SECRET, clock=lambda: float(NOW)).verify(BODY, headers)
+
+
+def _valid_headers() -> dict[str, str]:
+    return {
+        signing.SIGNATURE_HEADER: _valid_signature(),
+        signing.DELIVERY_ID_HEADER: DELIVERY_ID,
+        signing.TIMESTAMP_HEADER: str(NOW),
+    }
+
+
+def test_the_clock_is_read_at_each_verification() -> None:
+    # Given a verifier whose clock moves on by more than the tolerance after the first delivery
+    times = iter([float(NOW), float(NOW + 301)])
+    verifier = signing.MlflowVerifier(SECRET, clock=lambda: next(times))
+    verifier.verify(BODY, _valid_headers())
+    # When the same delivery is verified again, Then it is refused as replayed
+    with pytest.raises(SignatureError, match="off this server's clock"):
+        verifier.verify(BODY, _valid_headers())
+
+
+def test_the_tolerance_can_be_set() -> None:
+    verifier = signing.MlflowVerifier(SECRET, tolerance=10, clock=lambda: float(NOW + 11))
+    with pytest.raises(SignatureError, match=r"more than 10 s"):
+        verifier.verify(BODY, _valid_headers())
+
+
+@pytest.mark.parametrize("secret", ["", None])
+def test_an_empty_secret_is_refused_when_the_verifier_is_built(secret: str | None) -> None:
+    with pytest.raises(ConfigError, match="GATE_WEBHOOK_SECRET"):
+        signing.MlflowVerifier(secret)  # type: ignore[arg-type]
+
+
+# --- event_id_of() -----------------------------------------------------------------------------
+
+
+def test_the_event_id_is_the_delivery_id() -> None:
+    assert signing.event_id_of(BODY, {"x-mlflow-delivery-id": DELIVERY_ID}) == DELIVERY_ID
+
+
+@pytest.mark.parametrize("headers", [{}, {signing.DELIVERY_ID_HEADER: ""}])
+def test_without_a_delivery_id_the_event_id_is_a_hash_of_the_body(headers: dict[str, str]) -> None:
+    assert signing.event_id_of(BODY, headers) == hashlib.sha256(BODY).hexdigest()
