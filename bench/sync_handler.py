@@ -2,7 +2,7 @@
 
 POST /webhooks/mlflow verifies MLflow's signature, parses the event, and then, before answering,
 fetches the facts from MLflow, evaluates the policy and applies the decision (alias and tags), with
-the gate's own code (worker.reconcile.Reconciler.request), so that the work is exactly the
+the gate's own code (worker.pipeline.Pipeline), so that the work is exactly the
 worker's. It answers 200 once done, 503 if MLflow did not answer. Served by gunicorn like the
 receiver (bench/slow_mlflow.py starts it):
 
@@ -17,38 +17,30 @@ import time
 
 from _stack import no_decision_log
 from flask import Flask, Response, jsonify, request
-from worker.mlflow_api import MlflowApi
-from worker.reconcile import Reconciler
 
 from shared import signing
 from shared.errors import EventError, MlflowUnavailable, SignatureError
-from shared.events import Kind, parse_mlflow_webhook
+from shared.events import Kind, RegistryKind, parse_mlflow_webhook
 from shared.policy import load_policies
 from shared.settings import Settings
+from worker.pipeline import Pipeline
+from worker.registries import Registries, open_source
 
 
 def create_app() -> Flask:
     settings = Settings.from_env()
-    secret = settings.webhook_secret or ""
-    reconciler = Reconciler(
-        MlflowApi(settings), load_policies(settings.policy_file), no_decision_log()
-    )
+    verifier = signing.MlflowVerifier(settings.webhook_secret or "")
+    registries = Registries({RegistryKind.MLFLOW: open_source(settings)})
+    pipeline = Pipeline(registries, load_policies(settings.policy_file), no_decision_log())
     app = Flask("sync_handler")
 
     @app.post("/webhooks/mlflow")
     def webhook() -> tuple[Response, int]:
         body = request.get_data(cache=False)
-        delivery_id = request.headers.get(signing.DELIVERY_ID_HEADER)
         try:
-            signing.verify(
-                secret,
-                delivery_id=delivery_id,
-                timestamp=request.headers.get(signing.TIMESTAMP_HEADER),
-                signature=request.headers.get(signing.SIGNATURE_HEADER),
-                body=body,
-                now=time.time(),
-            )
-            event = parse_mlflow_webhook(body, event_id=str(delivery_id), received_at=time.time())
+            verifier.verify(body, request.headers)
+            event_id = signing.event_id_of(body, request.headers)
+            event = parse_mlflow_webhook(body, event_id=event_id, received_at=time.time())
         except SignatureError as exc:
             return jsonify(status="unauthorized", message=str(exc)), 401
         except EventError as exc:
@@ -56,7 +48,7 @@ def create_app() -> Flask:
         if event is None or event.kind is not Kind.REQUEST or event.version is None:
             return jsonify(status="ignored"), 200
         try:
-            outcome = reconciler.request(event.model, event.version, event.event_id)
+            outcome = pipeline.handle(event)
         except MlflowUnavailable as exc:
             return jsonify(status="unavailable", message=str(exc)), 503
         return jsonify(status="decided", message=outcome), 200

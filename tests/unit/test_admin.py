@@ -34,6 +34,7 @@ def gate_event(event_id: str, model: str = "fraud-detector", version: str = "3")
         "target": "champion",
         "received_at": 1_700_000_000.0,
         "webhook_event": "model_version_tag.set",
+        "from_stage": None,
     }
 
 
@@ -167,7 +168,7 @@ def test_replay_by_ids_publishes_those_and_removes_them(three: Admin) -> None:
     assert response.json["dry_run"] is False
     assert response.json["summary"] == "replayed 2, failed 0, not found 1"
     assert [e["event_id"] for e in three.published] == ["evt-1", "evt-3"]
-    assert three.published[1] == gate_event("evt-3", "churn", "7")
+    assert three.published[1] == {**gate_event("evt-3", "churn", "7"), "origin": "replay"}
     assert three.ids_in_store() == ["evt-2"]
 
 
