@@ -110,7 +110,7 @@ class RestClient:
         finally:
             MLFLOW_SECONDS.labels(method, path).observe(time.perf_counter() - started)
         if response.ok:
-            return dict(response.json()) if response.content else {}
+            return _body(response)
         raise self._error(response, method, path)
 
     def pages(
@@ -154,3 +154,13 @@ class RestClient:
             return MlflowUnavailable(f"{what}; the gate retries with backoff")
         advice = advice.format(credentials=self.service.credentials_hint)
         return kind(f"{what}; {advice}" if advice else what, response.status_code, code)
+
+
+def _body(response: requests.Response) -> Json:
+    """A successful answer's JSON object; {} for an empty or plain-text one (MLflow's /health
+    answers "OK")."""
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:
+        return {}
+    return dict(body) if isinstance(body, dict) else {}

@@ -302,3 +302,9 @@ def test_the_sweep_finds_undecided_requests_and_unapproved_protected_aliases(gat
         (Kind.ALIAS_CREATED, "other", other, "champion"),
     }
     assert all(e.origin is Origin.SWEEP for e in gate.registry.sweep(gate.pipeline.policies))
+
+
+def test_health_reads_mlflows_plain_text_answer_and_a_failure_as_down(gate: Gate) -> None:
+    assert gate.registry.healthy() is True  # MLflow answers /health with "OK", not JSON
+    gate.mlflow.fail("GET", "/health", 503, "TEMPORARILY_UNAVAILABLE", times=3)
+    assert gate.registry.healthy() is False

@@ -76,7 +76,6 @@ class InMemoryMlflow(BaseAdapter):
         self._faults: dict[tuple[str, str], list[Exception]] = {}
         self._ids = itertools.count(1)
         self._routes: dict[tuple[str, str], Callable[[Json], Json]] = {
-            ("GET", "/health"): lambda _: {},
             ("GET", f"{API}/registered-models/get"): self._get_model,
             ("GET", f"{API}/registered-models/search"): self._search_models,
             ("GET", f"{API}/model-versions/get"): self._get_version,
@@ -149,6 +148,8 @@ class InMemoryMlflow(BaseAdapter):
         try:
             if pending:
                 raise pending.pop(0)
+            if (method, path) == ("GET", "/health"):
+                return _response(request, 200, "OK")  # plain text, as MLflow answers
             route = self._routes.get((method, path))
             if route is None:
                 raise MlflowError(404, "ENDPOINT_NOT_FOUND", f"no endpoint {method} {path}")
@@ -305,11 +306,15 @@ def _pairs(items: Mapping[str, str]) -> list[Json]:
     return [{"key": k, "value": v} for k, v in items.items()]
 
 
-def _response(request: requests.PreparedRequest, status: int, body: Json) -> requests.Response:
+def _response(
+    request: requests.PreparedRequest, status: int, body: Json | str
+) -> requests.Response:
     response = requests.Response()
     response.status_code = status
-    response._content = json.dumps(body).encode()
-    response.headers = CaseInsensitiveDict({"Content-Type": "application/json"})
+    text = body if isinstance(body, str) else json.dumps(body)
+    kind = "text/plain" if isinstance(body, str) else "application/json"
+    response._content = text.encode()
+    response.headers = CaseInsensitiveDict({"Content-Type": kind})
     response.url = str(request.url)
     response.request = request
     response.reason = "OK" if status < 400 else "Error"
