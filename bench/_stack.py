@@ -1,9 +1,9 @@
 """What every benchmark shares: private real processes, signed webhooks, statistics, results.
 
-The processes are the ones the integration tests start (tests/harness.py): a private
-redis-server, an `mlflow server` on SQLite, the receiver under gunicorn and Celery workers, each in
-its own process group under a temporary directory, and all stopped at the end (also on Ctrl-C,
-SIGTERM or an exception).
+The processes start as `mlflow-gate up` and the integration tests start them (cli/devstack.py): a
+private redis-server, an `mlflow server` on SQLite, the receiver under gunicorn and Celery workers,
+each in its own process group under a temporary directory, and all stopped at the end (also on
+Ctrl-C, SIGTERM or an exception).
 """
 
 from __future__ import annotations
@@ -32,17 +32,20 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-import requests
-
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import (  # noqa: E402
-    DelayProxy,
+from harness import DelayProxy  # noqa: E402
+
+from cli.devstack import (  # noqa: E402
     ManagedProcess,
     free_port,
+    gate_command,
+    group_members,
+    http_ok,
+    redis_server_binary,
     start_mlflow_server,
     start_redis,
     wait_until,
@@ -79,11 +82,6 @@ policies:
         min_delta: 0.0
 """
 PASSING_METRICS = {"validation_accuracy": 0.95}
-
-
-def gate_command() -> list[str]:
-    exe = shutil.which("mlflow-gate", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "cli.main"]
 
 
 # -- signed webhooks, as MLflow sends them ------------------------------------------------------
@@ -179,8 +177,6 @@ def machine_info() -> dict[str, Any]:
                 ram_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     redis_version = None
     with contextlib.suppress(Exception):
-        from harness import redis_server_binary
-
         out = subprocess.run(
             [redis_server_binary(), "--version"], capture_output=True, text=True, timeout=10
         ).stdout
@@ -315,9 +311,9 @@ class Stack:
         port = free_port()
         argv = ["receiver", "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--workers", str(workers), "--threads", str(threads)]
-        self._start("receiver", [*gate_command(), *argv], self.env)
+        proc = self._start("receiver", [*gate_command(), *argv], self.env)
         self.receiver_url = f"http://127.0.0.1:{port}"
-        self.wait_http(f"{self.receiver_url}/readyz", "the receiver")
+        proc.wait_ready(lambda: http_ok(f"{self.receiver_url}/readyz", timeout=1), 60, "receiver")
         return self.receiver_url
 
     def start_worker(
@@ -330,13 +326,7 @@ class Stack:
     ) -> ManagedProcess:
         argv = ["worker", "--concurrency", str(concurrency), *(["--beat"] if beat else [])]
         proc = self._start(name, [*gate_command(), *argv], {**self.env, **(env or {})})
-
-        def ready() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"{name} exited:\n{proc.log_tail()}")
-            return "ready." in proc.log_tail(50_000)
-
-        wait_until(ready, 60, interval=0.2, what=name)
+        proc.wait_ready(lambda: "ready." in proc.log_tail(50_000), 60, name, interval=0.2)
         return proc
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
@@ -352,15 +342,6 @@ class Stack:
         proc = self.processes.pop(name, None)
         if proc is not None:
             proc.stop(timeout)
-
-    def wait_http(self, url: str, what: str, timeout: float = 60) -> None:
-        def ok() -> bool:
-            try:
-                return requests.get(url, timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_until(ok, timeout, interval=0.1, what=what)
 
     def gate(self, *args: str) -> str:
         result = subprocess.run(
@@ -475,18 +456,11 @@ def latency_stats(out: dict[str, Any], ok_status: str) -> dict[str, Any]:
 def group_cpu_seconds(proc: ManagedProcess) -> float:
     """User + system CPU time of every live process in `proc`'s process group (/proc)."""
     total = 0
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[2]) == proc.pgid:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+    for pid in group_members(proc.pgid) or []:
+        with contextlib.suppress(OSError):  # it exited since
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def no_decision_log() -> Any:

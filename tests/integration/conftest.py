@@ -11,9 +11,7 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,10 +20,18 @@ from typing import Any
 
 import pytest
 import redis
-import requests
-from harness import ManagedProcess, free_port, start_mlflow_server, start_redis, wait_until
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+
+from cli.devstack import (
+    ManagedProcess,
+    free_port,
+    gate_command,
+    http_ok,
+    start_mlflow_server,
+    start_redis,
+    wait_until,
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -60,11 +66,6 @@ def signed_headers(body: bytes, delivery_id: str, timestamp: int | None = None) 
         "X-MLflow-Timestamp": sent_at,
         "X-MLflow-Signature": "v1," + base64.b64encode(mac.digest()).decode(),
     }
-
-
-def gate_command() -> list[str]:
-    exe = shutil.which("mlflow-gate", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "cli.main"]
 
 
 class Stack:
@@ -130,16 +131,15 @@ class Stack:
 
     def start_receiver(self) -> None:
         argv = ["receiver", "--host", "127.0.0.1", "--port", str(self.receiver_port)]
-        self.processes["receiver"] = self._start("receiver", [*argv, "--workers", "1"], self.env)
-        wait_until(lambda: _ok(f"{self.receiver_url}/healthz"), 30, what="the receiver")
+        proc = self._start("receiver", [*argv, "--workers", "1"], self.env)
+        proc.wait_ready(lambda: http_ok(f"{self.receiver_url}/healthz"), 30, "the receiver")
 
     def start_worker(
         self, name: str = "worker", *, beat: bool = False, env: dict[str, str] | None = None
     ) -> ManagedProcess:
         argv = ["worker", "--concurrency", "2", *(["--beat"] if beat else [])]
         proc = self._start(name, argv, {**self.env, **(env or {})})
-        wait_until(lambda: "ready." in proc.log_tail(20000), 60, what=f"{name}\n{self.logs()}")
-        self.processes[name] = proc
+        proc.wait_ready(lambda: "ready." in proc.log_tail(20000), 60, name)
         return proc
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
@@ -252,10 +252,3 @@ def private_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     finally:
         for each in made:
             each.close()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).ok
-    except requests.RequestException:
-        return False
