@@ -19,7 +19,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared.errors import ConfigError, EventError, SignatureError
-from shared.events import GateEvent, Kind, Origin, RegistryKind
+from shared.events import (
+    GateEvent,
+    Kind,
+    Origin,
+    RegistryKind,
+    optional_str,
+    required_str,
+    version_number,
+)
 from shared.policy import STAGES, Target
 
 SIGNATURE_HEADER = "X-Databricks-Signature"
@@ -122,7 +130,7 @@ def parse_payload(body: bytes) -> Payload | None:
         raise EventError(f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise EventError("body must be a JSON object with 'event', 'model_name' and 'version'")
-    event = _str(data, "event")
+    event = required_str(data, "event")
     if event not in REQUEST_EVENTS and event not in TRANSITION_EVENTS:
         return None
     to_stage = data.get("to_stage")
@@ -135,15 +143,15 @@ def parse_payload(body: bytes) -> Payload | None:
         raise EventError("field 'to_stage' is missing")
     return Payload(
         event=event,
-        webhook_id=_opt(data, "webhook_id"),
+        webhook_id=optional_str(data, "webhook_id"),
         event_time=_timestamp(data.get("event_timestamp")),
-        model=_str(data, "model_name"),
-        version=_version(data.get("version")),
+        model=required_str(data, "model_name"),
+        version=version_number(data.get("version"), "version"),
         to_stage=_stage(to_stage, field),
         from_stage=_stage(data["from_stage"], "from_stage")
         if data.get("from_stage") is not None
         else None,
-        text=_opt(data, "text") or "",
+        text=optional_str(data, "text") or "",
     )
 
 
@@ -172,34 +180,6 @@ def parse_webhook(
     if payload is None:
         return None
     return to_event(payload, event_id=event_id or event_id_of(body), received_at=received_at)
-
-
-def _str(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
-    if value is None:
-        raise EventError(f"field '{key}' is missing")
-    if not isinstance(value, str):
-        raise EventError(f"field '{key}' must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise EventError(f"field '{key}' is empty")
-    return value
-
-
-def _opt(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise EventError(f"field '{key}' must be a string, not {type(value).__name__}")
-    return value
-
-
-def _version(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 18:
-        raise EventError(f"field 'version' must be a version number, not {value!r}")
-    return str(int(value))
 
 
 def _stage(value: Any, field: str) -> str:

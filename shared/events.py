@@ -84,15 +84,15 @@ class GateEvent:
             registry, origin = _registry_and_origin(data)
             kind = data.get("kind")
             return cls(
-                event_id=_str(data, "event_id"),
+                event_id=required_str(data, "event_id"),
                 registry=registry,
                 origin=origin,
                 kind=_LEGACY_KINDS.get(str(kind)) or Kind(kind),
-                model=_str(data, "model"),
+                model=required_str(data, "model"),
                 version=_opt_str(data, "version"),
                 target=_opt_str(data, "target"),
                 received_at=float(data.get("received_at", 0.0)),
-                webhook_event=_str(data, "webhook_event"),
+                webhook_event=required_str(data, "webhook_event"),
                 from_stage=_opt_str(data, "from_stage"),
             )
         except (ValueError, TypeError) as exc:
@@ -102,7 +102,7 @@ class GateEvent:
 def _registry_and_origin(data: dict[str, Any]) -> tuple[RegistryKind, Origin]:
     if "registry" in data or "source" not in data:
         return RegistryKind(data.get("registry")), Origin(data.get("origin"))
-    legacy = _LEGACY_SOURCES.get(_str(data, "source"))
+    legacy = _LEGACY_SOURCES.get(required_str(data, "source"))
     if legacy is None:
         raise ValueError(f"unknown source {data.get('source')!r}")
     return legacy
@@ -129,14 +129,14 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
         raise EventError(f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(payload, dict):
         raise EventError("body must be a JSON object with 'entity', 'action' and 'data'")
-    entity, action = _str(payload, "entity"), _str(payload, "action")
+    entity, action = required_str(payload, "entity"), required_str(payload, "action")
     name = f"{entity}.{action}"
     if name not in SUBSCRIBED:
         return None
     data = payload.get("data")
     if not isinstance(data, dict):
         raise EventError("field 'data' is missing or not an object")
-    model = _str(data, "name", where="data.")
+    model = required_str(data, "name", where="data.")
 
     def event(kind: Kind, version: str | None, target: str) -> GateEvent:
         return GateEvent(
@@ -152,10 +152,12 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
         )
 
     if name == "model_version_tag.set":
-        if _str(data, "key", where="data.") != tags.REQUEST:
+        if required_str(data, "key", where="data.") != tags.REQUEST:
             return None  # any other tag, the gate's own decision tags included: no loop
         version = _version(data)
-        return event(Kind.REQUEST, version, _str(data, "value", where="data.", allow_empty=True))
+        return event(
+            Kind.REQUEST, version, required_str(data, "value", where="data.", allow_empty=True)
+        )
     if name == "model_version.created":
         version_tags = data.get("tags")
         if version_tags is None:
@@ -168,20 +170,28 @@ def parse_mlflow_webhook(body: bytes, *, event_id: str, received_at: float) -> G
         if not isinstance(requested, str):
             raise EventError(f"field 'data.tags.{tags.REQUEST}' must be a string")
         return event(Kind.REQUEST, _version(data), requested)
-    alias = _str(data, "alias", where="data.")
+    alias = required_str(data, "alias", where="data.")
     if name == "model_version_alias.created":
         return event(Kind.ALIAS_CREATED, _version(data), alias)
     return event(Kind.ALIAS_DELETED, None, alias)
 
 
-def _str(data: dict[str, Any], key: str, *, where: str = "", allow_empty: bool = False) -> str:
-    value = data.get(key)
+def required_str(
+    data: dict[str, Any], key: str, *, where: str = "", allow_empty: bool = False
+) -> str:
+    """A payload's string field, or EventError naming the field (blank counts as empty)."""
+    value = optional_str(data, key, where=where)
     if value is None:
         raise EventError(f"field '{where}{key}' is missing")
-    if not isinstance(value, str):
-        raise EventError(f"field '{where}{key}' must be a string, not {type(value).__name__}")
-    if not value and not allow_empty:
+    if not value.strip() and not allow_empty:
         raise EventError(f"field '{where}{key}' is empty")
+    return value
+
+
+def optional_str(data: dict[str, Any], key: str, *, where: str = "") -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise EventError(f"field '{where}{key}' must be a string, not {type(value).__name__}")
     return value
 
 
@@ -195,11 +205,15 @@ def _opt_str(data: dict[str, Any], key: str) -> str | None:
 
 
 def _version(data: dict[str, Any]) -> str:
-    value = data.get("version")
+    return version_number(data.get("version"), "data.version")
+
+
+def version_number(value: Any, field: str) -> str:
+    """A version number as MLflow sends it (a string or an int), normalised ("007" is "7")."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 18:
-        raise EventError(f"field 'data.version' must be a version number, not {value!r}")
+        raise EventError(f"field '{field}' must be a version number, not {value!r}")
     return str(int(value))
 
 
