@@ -81,6 +81,13 @@ class Decision:
     checks: tuple[Check, ...]
     reason: str
 
+    @classmethod
+    def without_checks(cls, target: Target, policies: Sequence[str], reason: str) -> Decision:
+        """A refusal (or a record) made without evaluating any rule."""
+        return cls(
+            approved=False, target=target, policies=tuple(policies), checks=(), reason=reason
+        )
+
     @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if not c.passed)
@@ -90,27 +97,19 @@ def evaluate(facts: Facts, policies: Sequence[Policy]) -> Decision:
     """Decide whether `facts.candidate` may hold `facts.target` under every covering policy."""
     target = facts.target
     if not target.name:
-        return Decision(
-            approved=False,
-            target=target,
-            policies=(),
-            checks=(),
-            reason=(
-                "Rejected: the request names no target; set governance.request to an alias "
-                "(e.g. champion) or a stage (Staging, Production)."
-            ),
+        return Decision.without_checks(
+            target,
+            (),
+            "Rejected: the request names no target; set governance.request to an alias "
+            "(e.g. champion) or a stage (Staging, Production).",
         )
     if not policies:
-        return Decision(
-            approved=False,
-            target=target,
-            policies=(),
-            checks=(),
-            reason=(
-                f"Rejected for {target.kind} '{target}': no policy covers it for model "
-                f"'{facts.candidate.model}', so the gate refuses it (fail closed); add a policy "
-                "for this target to the policy file to allow promotions to it."
-            ),
+        return Decision.without_checks(
+            target,
+            (),
+            f"Rejected for {target.kind} '{target}': no policy covers it for model "
+            f"'{facts.candidate.model}', so the gate refuses it (fail closed); add a policy "
+            "for this target to the policy file to allow promotions to it.",
         )
     checks = tuple(_check(rule, facts, policy) for policy in policies for rule in policy.rules)
     names = ", ".join(p.name for p in policies)

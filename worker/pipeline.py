@@ -99,7 +99,7 @@ class Pipeline:
             "withdrawn by someone else): nothing done."
         )
         policies = self.policies.covering(event.model, target) if target else []
-        decision = _bare(target or Target("", False), policies, reason)
+        decision = Decision.without_checks(target or Target("", False), _names(policies), reason)
         self._record(registry, event, version, decision, Outcome.SKIPPED, reason)
         return f"{event.model} v{version}: no open request{where}; nothing done"
 
@@ -187,7 +187,7 @@ class Pipeline:
             reason += "; reported only (a policy with on_violation: revert would move it back)."
             action = "reported"
         VIOLATIONS.labels(registry.kind.value, target.name, action).inc()
-        decision = _bare(target, policies, reason)
+        decision = Decision.without_checks(target, _names(policies), reason)
         self._record(registry, event, version, decision, Outcome.VIOLATION, reason)
         return f"{model} v{version} in {target} outside the gate: violation {action}"
 
@@ -223,12 +223,5 @@ class Pipeline:
         )
 
 
-def _bare(target: Target, policies: Sequence[Policy], reason: str) -> Decision:
-    """A decision without checks, for what was recorded without an evaluation."""
-    return Decision(
-        approved=False,
-        target=target,
-        policies=tuple(p.name for p in policies),
-        checks=(),
-        reason=reason,
-    )
+def _names(policies: Sequence[Policy]) -> list[str]:
+    return [p.name for p in policies]
