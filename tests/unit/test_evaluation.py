@@ -390,3 +390,18 @@ def test_a_check_serialises_to_a_plain_dict() -> None:
         "message": "accuracy is 0.95 (required >= 0.9)",
         "enforced": True,
     }
+
+
+def test_a_rule_type_without_a_check_fails_loudly_and_never_passes() -> None:
+    # A rule type added to the policy format but not to evaluate(): before, it fell through to
+    # the compare_to check; now it is a bug that stops the decision (and dead-letters the event).
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class NewRule:
+        threshold: float
+
+    unknown = policy(NewRule(0.5))  # type: ignore[arg-type]
+    facts = Facts(candidate=version(metrics={"accuracy": 0.9}), target=CHAMPION, holders={})
+    with pytest.raises(TypeError, match="no check for rule"):
+        evaluate(facts, [unknown])
