@@ -114,9 +114,6 @@ class InMemoryMlflow(BaseAdapter):
     def set_version_tag(self, model: str, version: str, key: str, value: str) -> None:
         self._version(model, version).tags[key] = value
 
-    def delete_run(self, run_id: str) -> None:
-        del self.runs[run_id]
-
     # -- faults and the call log ----------------------------------------------------------
     def fail(self, method: str, path: str, status: int, code: str, times: int = 1) -> None:
         error = MlflowError(status, code, f"injected {status} {code}")
