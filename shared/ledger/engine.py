@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sqlite3
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,8 +77,12 @@ def prepare(engine: Engine) -> None:
         try:
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            if not in_memory:
-                cursor.execute("PRAGMA journal_mode = WAL")
+            if not in_memory and cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                # WAL is a property of the file: once one connection has switched it, it stays.
+                # Switching needs the file to itself and does not wait for it, so a connection
+                # opened while another one works leaves the switch to a later connection.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    cursor.execute("PRAGMA journal_mode = WAL")
         finally:
             cursor.close()
 

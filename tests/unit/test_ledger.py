@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from harness import free_port
 
+from shared.errors import ConfigError
 from shared.evaluation import Check
 from shared.events import Origin, RegistryKind
 from shared.ledger import (
@@ -433,8 +435,6 @@ def test_an_unusable_sqlite_path_says_what_to_check(tmp_path: Any) -> None:
 
 
 def test_an_unparseable_url_names_the_variable_without_the_password() -> None:
-    from shared.errors import ConfigError
-
     with pytest.raises(ConfigError, match="GATE_DATABASE_URL") as excinfo:
         Ledger("postgres://gate:hunter2@db/gate")
     assert "hunter2" not in str(excinfo.value) and "***" in str(excinfo.value)
@@ -453,8 +453,6 @@ def test_a_refused_password_is_not_shown(postgres_server: Any) -> None:
 
 
 def test_a_server_that_does_not_answer_says_what_to_check() -> None:
-    from harness import free_port
-
     url = f"postgresql+psycopg2://gate:hunter2@127.0.0.1:{free_port()}/gate"
     with Ledger(url) as ledger, pytest.raises(LedgerUnavailable) as excinfo:
         ledger.revision()
