@@ -311,24 +311,17 @@ class Ledger:
         referenced = (
             sa.select(approvals.c.id).where(approvals.c.decision_id == decisions.c.id).exists()
         )
-        with engines.guarded(self.url), self._writer.connect() as conn:
-            transaction = conn.begin()
-            try:
-                conn.execute(
-                    sa.delete(approvals).where(
-                        approvals.c.ended_at.is_not(None), approvals.c.ended_at < cutoff
-                    )
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(approvals).where(
+                    approvals.c.ended_at.is_not(None), approvals.c.ended_at < cutoff
                 )
-                deleted = conn.execute(
-                    sa.delete(decisions).where(decisions.c.decided_at < cutoff, ~referenced)
-                ).rowcount
-            except BaseException:
-                transaction.rollback()
-                raise
+            )
+            deleted = conn.execute(
+                sa.delete(decisions).where(decisions.c.decided_at < cutoff, ~referenced)
+            ).rowcount
             if dry_run:
-                transaction.rollback()
-            else:
-                transaction.commit()
+                conn.rollback()
         if deleted and not dry_run:
             log.info("ledger %s: pruned %d decisions before %s", self.shown_url, deleted, cutoff)
         return int(deleted)
