@@ -18,7 +18,9 @@ import redis
 from cli.up import click_options as up_options
 from shared import logs
 from shared.errors import ConfigError, GateError
+from shared.events import RegistryKind
 from shared.metrics import prepare_multiprocess_dir
+from shared.outcomes import Outcome
 from shared.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -284,6 +286,89 @@ def dlq_purge(yes: bool) -> None:
     from cli import dlq as commands
 
     commands.purge(load_settings(), yes=yes)
+
+
+@main.group()
+def db() -> None:
+    """The gate's ledger database (GATE_DATABASE_URL)."""
+
+
+@db.command("upgrade")
+@friendly_errors
+def db_upgrade() -> None:
+    """Apply the ledger's migrations (nothing to do when up to date) and print the revision.
+    Exit 2 when the database cannot be reached."""
+    from cli import audit as commands
+
+    commands.upgrade(load_settings(), click.echo)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--model", help="model name (glob: fraud-*)")
+@click.option("--target", help="an alias (champion) or a stage (Production)")
+@click.option("--outcome", type=click.Choice([o.value for o in Outcome]))
+@click.option("--since", help="decided within (30m, 2h, 1d) or after an ISO time")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--json", "as_json", is_flag=True, help="a JSON list of decisions")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV: a header row, one row per decision")
+@click.pass_context
+@friendly_errors
+def audit(
+    ctx: click.Context,
+    model: str | None,
+    target: str | None,
+    outcome: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """The ledger's decisions, newest first: time, model, version, target, outcome, and the
+    reason under each. `audit history` and `audit prune` below."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
+    from cli import audit as commands
+
+    output = "json" if as_json else "csv" if as_csv else "text"
+    commands.list_decisions(
+        load_settings(),
+        model=model,
+        target=target,
+        outcome=outcome,
+        since=since,
+        limit=limit,
+        output=output,
+        echo=click.echo,
+    )
+
+
+@audit.command("history")
+@click.argument("model")
+@click.option("--target", required=True, help="an alias (champion) or a stage (Production)")
+@click.option("--registry", type=click.Choice([r.value for r in RegistryKind]))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors
+def audit_history(model: str, target: str, registry: str | None, as_json: bool) -> None:
+    """Who held the target when: each version the gate approved, from when until when, the
+    decision that approved it and why it ended. Exit 1 if the gate never approved one."""
+    from cli import audit as commands
+
+    settings = load_settings()
+    sys.exit(commands.history(settings, model, target, registry, as_json=as_json, echo=click.echo))
+
+
+@audit.command("prune")
+@click.option("--before", required=True, help="an ISO date or time, or a duration back (90d)")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@friendly_errors
+def audit_prune(before: str, yes: bool) -> None:
+    """Delete the decisions recorded before a date (those no version holding a target still
+    needs) and the approvals that ended before it. Nothing expires by itself."""
+    from cli import audit as commands
+
+    commands.prune(load_settings(), before, yes=yes, echo=click.echo)
 
 
 @policy.command("check")

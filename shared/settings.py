@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shared import database_url
 from shared.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -71,6 +72,10 @@ class Settings:
     # Decisions for one model are serialised by a lock that expires by itself, so that a worker
     # killed while holding it blocks that model for this long at most. Longer than a reconcile.
     model_lock_seconds: float = 60.0
+    # The gate's ledger (decisions, approvals): SQLite in the data folder of `mlflow-gate up`,
+    # relative to the working directory; PostgreSQL in production. Kept out of repr: it may
+    # hold a password.
+    database_url: str = field(default="sqlite:///.mlflow-gate/ledger.db", repr=False)
     # The Databricks workspace registry (GATE_DATABRICKS_*); None when not configured.
     databricks: DatabricksSettings | None = None
 
@@ -118,6 +123,7 @@ class Settings:
                 "GATE_MODEL_LOCK_SECONDS", "model_lock_seconds", minimum=1
             ),
             databricks=_workspace(read),
+            database_url=read.text("GATE_DATABASE_URL", "database_url").strip(),
         )
         _check(settings)
         return settings
@@ -182,6 +188,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             f"GATE_LOG_LEVEL={settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR"
         )
+    database_url.parse(settings.database_url, "GATE_DATABASE_URL")
 
 
 class _Reader:

@@ -24,6 +24,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     assert settings.retry_backoff_max_seconds == 300.0
     assert settings.dedupe_ttl_seconds == 86_400
     assert settings.log_level == "INFO"
+    assert settings.database_url == "sqlite:///.mlflow-gate/ledger.db"
 
 
 def test_empty_values_count_as_unset() -> None:
@@ -55,6 +56,7 @@ def test_empty_values_count_as_unset() -> None:
         ("GATE_RETRY_BACKOFF_MAX_SECONDS", "600", "retry_backoff_max_seconds", 600.0),
         ("GATE_DEDUPE_TTL_SECONDS", "60", "dedupe_ttl_seconds", 60),
         ("GATE_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+        ("GATE_DATABASE_URL", "sqlite:///l.db", "database_url", "sqlite:///l.db"),
     ],
 )
 def test_each_variable_is_parsed(name: str, raw: str, field: str, value: object) -> None:
@@ -136,6 +138,18 @@ def test_a_tracking_uri_that_is_not_http_is_a_config_error(uri: str) -> None:
 def test_an_unknown_log_level_is_a_config_error(level: str) -> None:
     with pytest.raises(ConfigError, match="GATE_LOG_LEVEL="):
         Settings.from_env({"GATE_LOG_LEVEL": level})
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "postgres://gate:hunter2@db/gate", "postgresql://gate:hunter2@db:x/g"]
+)
+def test_a_database_url_sqlalchemy_cannot_use_is_a_config_error_hiding_the_password(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError, match="GATE_DATABASE_URL=") as excinfo:
+        Settings.from_env({"GATE_DATABASE_URL": url})
+    assert "hunter2" not in str(excinfo.value)
+    assert "hunter2" not in repr(Settings(database_url="postgresql://gate:hunter2@db/gate"))
 
 
 @pytest.mark.parametrize("name", ["GATE_MLFLOW_TIMEOUT_SECONDS", "GATE_RETRY_BACKOFF_SECONDS"])

@@ -1,0 +1,1 @@
+"""Alembic migrations of the gate's ledger (see shared/ledger/migrate.py)."""
