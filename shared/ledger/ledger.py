@@ -120,13 +120,17 @@ class Ledger:
             row = conn.execute(sa.select(decisions).where(decisions.c.id == decision_id)).first()
         return decision_from_row(row._mapping) if row is not None else None
 
-    def mark_done(self, decision_id: int) -> None:
-        """The gate's action on the registry for this decision is done (idempotent)."""
+    def mark_done(self, decision_id: int, reason: str | None = None) -> None:
+        """The gate's action on the registry for this decision is done (idempotent); `reason`,
+        if given, replaces the recorded one (it then says what was done)."""
+        values: dict[str, Any] = {"action_state": ActionState.DONE.value}
+        if reason is not None:
+            values["reason"] = reason
         with self._write() as conn:
             done = conn.execute(
                 sa.update(decisions)
                 .where(decisions.c.id == decision_id, decisions.c.action_state.is_not(None))
-                .values(action_state=ActionState.DONE.value)
+                .values(**values)
             )
             if done.rowcount == 0:
                 self._require_decision(conn, decision_id)
@@ -143,6 +147,47 @@ class Ledger:
             )
             if changed.rowcount == 0:
                 self._require_decision(conn, decision_id)
+
+    def for_event(self, event_id: str) -> list[RecordedDecision]:
+        """The decisions taken on event `event_id`, oldest first."""
+        query = sa.select(decisions).where(decisions.c.event_id == event_id)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(decisions.c.id)).all()
+        return [decision_from_row(row._mapping) for row in rows]
+
+    def pending(self, registry: RegistryKind, model: str, target: str) -> RecordedDecision | None:
+        """The newest decision on `target` whose action on the registry is not done yet and
+        that nothing superseded: what a retry (or the next decision there) must finish first."""
+        query = (
+            sa.select(decisions)
+            .where(
+                *_about(RegistryKind(registry), model, target),
+                decisions.c.action_state == ActionState.PENDING.value,
+                decisions.c.superseded_by.is_(None),
+            )
+            .order_by(decisions.c.id.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return decision_from_row(row._mapping) if row is not None else None
+
+    def newer_action(self, decision: RecordedDecision) -> RecordedDecision | None:
+        """The newest decision taken after `decision` on the same target that acts on the
+        registry: the fence. A decision with a newer one must not act any more."""
+        query = (
+            sa.select(decisions)
+            .where(
+                *_about(decision.registry, decision.model, decision.target),
+                decisions.c.id > decision.id,
+                decisions.c.action_state.is_not(None),
+            )
+            .order_by(decisions.c.id.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return decision_from_row(row._mapping) if row is not None else None
 
     def decisions(
         self,
@@ -265,7 +310,7 @@ class Ledger:
             conn.execute(
                 sa.update(approvals)
                 .where(approvals.c.id == holder.id)
-                .values(ended_at=at, ended_reason=reason)
+                .values(ended_at=at, ended_reason=reason, revoked=True)
             )
             return str(holder.version)
 
@@ -279,6 +324,19 @@ class Ledger:
 
     def is_approved(self, registry: RegistryKind, model: str, target: str, version: str) -> bool:
         return self.approved_version(registry, model, target) == version
+
+    def standing(self, registry: RegistryKind, model: str, target: str) -> set[str]:
+        """The versions the gate approved for `target` whose approval was not revoked: the one
+        holding it, and those a newer approval replaced (a stage may hold several versions
+        when its policy does not archive the others)."""
+        query = sa.select(approvals.c.version).where(
+            approvals.c.registry == RegistryKind(registry).value,
+            approvals.c.model == model,
+            approvals.c.target == target,
+            approvals.c.revoked.is_(False),
+        )
+        with self._read() as conn:
+            return {str(version) for version in conn.execute(query).scalars()}
 
     def history(self, registry: RegistryKind | None, model: str, target: str) -> list[Tenure]:
         """Who held `target` when, newest first, with the approving decision and why each
@@ -352,6 +410,14 @@ def _open(registry: RegistryKind, model: str, target: str) -> tuple[sa.ColumnEle
         approvals.c.model == model,
         approvals.c.target == target,
         approvals.c.ended_at.is_(None),
+    )
+
+
+def _about(registry: RegistryKind, model: str, target: str) -> tuple[sa.ColumnElement[Any], ...]:
+    return (
+        decisions.c.registry == registry.value,
+        decisions.c.model == model,
+        decisions.c.target == target,
     )
 
 

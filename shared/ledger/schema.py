@@ -104,6 +104,8 @@ approvals = sa.Table(
     sa.Column("approved_at", UtcDateTime, nullable=False),
     sa.Column("ended_at", UtcDateTime, nullable=True),
     sa.Column("ended_reason", sa.Text, nullable=True),
+    # True: the approval was revoked (rolled back, undone), not replaced by a newer one.
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(
         "ix_approvals_registry_model_target_approved_at",
         "registry",

@@ -457,3 +457,51 @@ def test_a_server_that_does_not_answer_says_what_to_check() -> None:
     with Ledger(url) as ledger, pytest.raises(LedgerUnavailable) as excinfo:
         ledger.revision()
     assert "did not answer" in str(excinfo.value) and "hunter2" not in str(excinfo.value)
+
+
+# --- what the pipeline asks: an event's decisions, the pending one, the fence -----------------
+
+
+def test_the_decisions_of_an_event_come_back_oldest_first(ledger: Ledger) -> None:
+    first = ledger.record(row(event_id="evt-9", outcome=Outcome.APPROVED))
+    second = ledger.record(row(event_id="evt-9", outcome=Outcome.ROLLED_BACK))
+    ledger.record(row(event_id="evt-other"))
+    assert [d.id for d in ledger.for_event("evt-9")] == [first, second]
+    assert ledger.for_event("evt-never") == []
+
+
+def test_the_pending_decision_of_a_target_is_the_newest_not_superseded(ledger: Ledger) -> None:
+    pending = ActionState.PENDING
+    older = ledger.record(row(version="2", action_state=pending))
+    newer = ledger.record(row(version="3", action_state=pending))
+    ledger.record(row(version="4", target="challenger", action_state=pending))
+    found = ledger.pending(MLFLOW, "fraud-detector", "champion")
+    assert found is not None and found.id == newer
+    ledger.mark_done(newer, "Approved; alias 'champion' now points to version 3.")
+    found = ledger.pending(MLFLOW, "fraud-detector", "champion")
+    assert found is not None and found.id == older
+    done = ledger.decision(newer)
+    assert done is not None and done.reason.endswith("now points to version 3.")
+    ledger.supersede(older, by=newer)
+    assert ledger.pending(MLFLOW, "fraud-detector", "champion") is None
+
+
+def test_a_newer_acting_decision_on_the_same_target_fences_an_older_one(ledger: Ledger) -> None:
+    v2 = ledger.record(row(version="2", action_state=ActionState.PENDING))
+    ledger.record(row(version="5", outcome=Outcome.SKIPPED))  # acts on nothing: no fence
+    ledger.record(row(version="6", target="challenger", action_state=ActionState.DONE))
+    older = ledger.decision(v2)
+    assert older is not None and ledger.newer_action(older) is None
+    v3 = ledger.record(row(version="3", action_state=ActionState.DONE))
+    fence = ledger.newer_action(older)
+    assert fence is not None and fence.id == v3
+
+
+def test_replaced_approvals_stand_and_revoked_ones_do_not(ledger: Ledger) -> None:
+    for minute, version in enumerate(("1", "2", "3")):
+        decision = ledger.record(row(version=version, target="Production"))
+        ledger.approve(MLFLOW, "fraud-detector", "Production", version, decision, at(minute))
+    assert ledger.standing(MLFLOW, "fraud-detector", "Production") == {"1", "2", "3"}
+    assert ledger.end_approval(MLFLOW, "fraud-detector", "Production", "rolled back", at(9)) == "3"
+    assert ledger.standing(MLFLOW, "fraud-detector", "Production") == {"1", "2"}
+    assert ledger.standing(DATABRICKS, "fraud-detector", "Production") == set()

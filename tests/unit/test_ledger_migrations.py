@@ -48,6 +48,16 @@ def seed_0001(conn: Connection) -> None:
         ),
         {"t": "2026-11-01 12:00:00"},
     )
+    # Two approvals that ended, the way 0001 said how: one replaced, one rolled back.
+    for version, reason in (("1", "replaced by version 2"), ("2", "rolled back: broken")):
+        conn.execute(
+            sa.text(
+                "INSERT INTO approvals (registry, model, target, version, decision_id, "
+                "approved_at, ended_at, ended_reason) VALUES ('mlflow', 'fraud-detector', "
+                "'champion', :v, 1, :t, :t, :r)"
+            ),
+            {"v": version, "t": "2026-10-01 12:00:00", "r": reason},
+        )
 
 
 def expect_0001(ledger: Ledger) -> None:
@@ -59,6 +69,8 @@ def expect_0001(ledger: Ledger) -> None:
         "alice",
     )
     assert ledger.approved_version(RegistryKind.MLFLOW, "fraud-detector", "champion") == "3"
+    # 0002: an approval that was replaced still stands, one rolled back is revoked.
+    assert ledger.standing(RegistryKind.MLFLOW, "fraud-detector", "champion") == {"1", "3"}
 
 
 # Keyed by the revision the data is written at.
@@ -73,7 +85,7 @@ def tables(engine: Engine) -> set[str]:
 def test_the_chain_is_linear_from_the_base() -> None:
     assert PAIRS[0][0] is None
     assert [revision for _, revision in PAIRS[:-1]] == [previous for previous, _ in PAIRS[1:]]
-    assert PAIRS[-1][1] == HEAD == "0001"
+    assert PAIRS[-1][1] == HEAD == "0002"
 
 
 def test_every_revision_but_the_head_has_seed_data() -> None:
@@ -151,6 +163,19 @@ def test_processes_starting_together_create_the_schema_once(ledger_url: str) -> 
     for thread in threads:
         thread.join(60)
     assert errors == [] and reached == [HEAD] * 6
+
+
+def test_a_database_left_at_the_previous_revision_is_told_to_upgrade(ledger_url: str) -> None:
+    engine = engines.create(ledger_url)
+    try:
+        migrate.upgrade(engine, PAIRS[-1][0] or "base")
+        with Ledger(engine) as behind:
+            with pytest.raises(LedgerError, match="run `mlflow-gate db upgrade`"):
+                behind.check_current()
+            assert behind.upgrade() == HEAD
+            assert behind.check_current() == HEAD
+    finally:
+        engine.dispose()
 
 
 def test_a_database_from_a_newer_gate_is_refused_with_a_reason(ledger: Ledger) -> None:
