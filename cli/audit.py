@@ -68,7 +68,7 @@ def list_decisions(
     echo: Echo,
 ) -> None:
     after = _moment(since, "--since") if since else None
-    with _reader(settings) as ledger:
+    with reader(settings) as ledger:
         found = ledger.decisions(
             model_glob=model,
             target=canonical_target(target) if target else None,
@@ -159,7 +159,7 @@ def history(
     """Exit 1 when the gate never approved a version for the target."""
     name = canonical_target(target)
     kind = RegistryKind(registry) if registry else None
-    with _reader(settings) as ledger:
+    with reader(settings) as ledger:
         tenures = ledger.history(kind, model, name)
     if as_json:
         echo(json.dumps([tenure_dict(t) for t in tenures], indent=2))
@@ -186,6 +186,7 @@ def tenure_dict(tenure: Tenure) -> dict[str, Any]:
         "until": iso(tenure.ended_at) if tenure.ended_at else None,
         "current": tenure.current,
         "ended_reason": tenure.ended_reason,
+        "revoked": tenure.revoked,
         "decision": {
             "id": tenure.decision_id,
             "reason": tenure.reason,
@@ -223,7 +224,7 @@ def tenures_table(model: str, target: str, tenures: Sequence[Tenure]) -> str:
 def prune(settings: Settings, before: str, *, yes: bool, echo: Echo) -> None:
     cutoff = _moment(before, "--before")
     when = shown(cutoff)
-    with _reader(settings) as ledger:
+    with reader(settings) as ledger:
         count = ledger.prune(cutoff, dry_run=True)
         if count == 0:
             echo(f"nothing to delete: no decision before {when} that the ledger may forget")
@@ -243,7 +244,7 @@ def prune(settings: Settings, before: str, *, yes: bool, echo: Echo) -> None:
 
 
 @contextlib.contextmanager
-def _reader(settings: Settings) -> Iterator[Ledger]:
+def reader(settings: Settings) -> Iterator[Ledger]:
     """The ledger, for reading: it must exist (nothing is created) and be at this code's
     revision."""
     url = database_url.parse(settings.database_url)

@@ -87,11 +87,16 @@ def worker(concurrency: int, pool: str, beat: bool) -> None:
     settings = load_settings()
     prepare_multiprocess_dir("worker")  # before prometheus_client is imported, or forks
     from shared import keys
+    from shared.ledger import Ledger
     from shared.policy import load_policies
     from shared.queue import create_celery
     from worker import metrics, runtime
+    from worker.rest import redacted
 
     policies = load_policies(settings.policy_file)
+    with Ledger(settings.database_url) as ledger:  # migrated before the children fork
+        revision = ledger.upgrade()
+        where = ledger.shown_url
     runtime.install(runtime.Runtime(settings, policies))
     app = create_celery(settings)
     import worker.tasks  # noqa: F401  (registers the tasks on the app)
@@ -100,7 +105,8 @@ def worker(concurrency: int, pool: str, beat: bool) -> None:
 
     click.echo(
         f"mlflow-gate worker: {len(policies.policies)} policies from {policies.source}; "
-        f"MLflow at {settings.mlflow_tracking_uri}; queue {keys.QUEUE}"
+        f"MLflow at {redacted(settings.mlflow_tracking_uri)}; ledger at {where} (revision "
+        f"{revision}); queue {keys.QUEUE}"
     )
     argv = ["worker", f"--loglevel={settings.log_level}", "-Q", keys.QUEUE]
     argv += ["-c", str(concurrency), "-P", pool, "--without-gossip", "--without-mingle"]
@@ -221,16 +227,24 @@ def status(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--model", help="only this model")
+@click.option("--model", help="only models matching this glob (fraud-*), or this name")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly_errors
 def decisions(model: str | None, limit: int, as_json: bool) -> None:
-    """The audit trail of decisions, newest first: time, model, version, target, outcome,
-    reason, event id."""
-    from cli.status import decisions as show
+    """The ledger's decisions, newest first (the same as `audit`, with fewer filters)."""
+    from cli import audit as commands
 
-    show(load_settings(), model=model, limit=limit, as_json=as_json)
+    commands.list_decisions(
+        load_settings(),
+        model=model,
+        target=None,
+        outcome=None,
+        since=None,
+        limit=limit,
+        output="json" if as_json else "table",
+        echo=click.echo,
+    )
 
 
 @main.group()

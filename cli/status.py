@@ -1,17 +1,18 @@
-"""`mlflow-gate status` and `mlflow-gate decisions`: what the gate is doing, for operators."""
+"""`mlflow-gate status`: what the gate is doing, for operators."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 import redis
 
+from cli.audit import decision_dict
 from shared import keys
+from shared.errors import GateError
+from shared.ledger import Ledger
 from shared.queue import create_celery
 from shared.settings import Settings
-from worker.decisions import DecisionLog
 from worker.registries import open_source
 from worker.rest import redacted
 
@@ -42,9 +43,25 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     status["dead_letters"] = int(dead)
     replies = create_celery(settings).control.ping(timeout=1.0)
     status["workers"] = sorted(name for reply in replies for name in reply)
-    status["last_decisions"] = DecisionLog(client).recent(limit=5)
-    status["ok"] = bool(status["mlflow"]["reachable"] and status["workers"])
+    status["ledger"], status["last_decisions"] = ledger_status(settings)
+    status["ok"] = bool(
+        status["mlflow"]["reachable"] and status["workers"] and status["ledger"]["reachable"]
+    )
     return status
+
+
+def ledger_status(settings: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ledger's state, and its last five decisions."""
+    with Ledger(settings.database_url) as ledger:
+        found: dict[str, Any] = {"url": ledger.shown_url, "reachable": False}
+        try:
+            found["revision"] = ledger.check_current()
+            last = [decision_dict(d) for d in ledger.decisions(limit=5)]
+        except GateError as exc:
+            found["error"] = str(exc)
+            return found, []
+    found["reachable"] = True
+    return found, last
 
 
 def print_status(status: dict[str, Any]) -> None:
@@ -56,6 +73,12 @@ def print_status(status: dict[str, Any]) -> None:
         redis_line + (f"  ({status['redis']['error']})" if "error" in status["redis"] else "")
     )
     click.echo(f"mlflow    {mark(status['mlflow']['reachable'])}  {status['mlflow']['url']}")
+    if "ledger" in status:
+        ledger = status["ledger"]
+        click.echo(
+            f"ledger    {mark(ledger['reachable'])}  {ledger['url']}"
+            + (f"  ({ledger['error']})" if "error" in ledger else "")
+        )
     workers = status["workers"]
     click.echo(
         f"workers   {len(workers)} online"
@@ -82,12 +105,3 @@ def print_decisions(entries: list[dict[str, Any]], indent: str = "") -> None:
             f"{e.get('target')}  {str(e.get('outcome', '')).upper()}  event {e.get('event_id')}"
         )
         click.echo(f"{indent}    {e.get('reason')}")
-
-
-def decisions(settings: Settings, *, model: str | None, limit: int, as_json: bool) -> None:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=2)
-    entries = DecisionLog(client).recent(model=model, limit=limit)
-    if as_json:
-        click.echo(json.dumps(entries, indent=2))
-    else:
-        print_decisions(entries)

@@ -13,10 +13,6 @@ TASK_REDRIVE = "gate.redrive"
 # Where kombu's Redis transport keeps delivered, not yet acknowledged messages.
 UNACKED = "unacked"
 
-# Bounded audit trail of decisions (newest first): enough for operators, never unbounded.
-DECISIONS = f"{PREFIX}:decisions"
-DECISIONS_MAX = 10_000
-
 # Dead letters: a hash of id -> entry, and a sorted set of ids by time of the last failure.
 DEADLETTER = f"{PREFIX}:deadletter"
 DEADLETTER_INDEX = f"{PREFIX}:deadletter:index"
@@ -51,9 +47,3 @@ def starts(task_id: str, retries: int) -> str:
 
 def model_lock(model: str) -> str:
     return f"{PREFIX}:lock:model:{model}"
-
-
-def approved_versions(registry: str, model: str, target: str) -> str:
-    """The versions the gate approved for a target of a registry whose moves outside the gate
-    are violations (a Redis set): a version found there without being in it was moved outside."""
-    return f"{PREFIX}:{registry}:approved:{model}:{target}"

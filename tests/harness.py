@@ -8,8 +8,11 @@ not outlive the test) is cli.devstack's; what is for tests alone is here.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import requests
+
+from cli.audit import decision_dict
 
 # The processes themselves are cli.devstack's (`mlflow-gate up` starts them the same way); the
 # names stay importable from here for the tests and bench/.
@@ -22,12 +25,21 @@ from cli.devstack import (
     start_redis,
     wait_until,
 )
+from shared.ledger import Ledger
+
+
+def recent(ledger: Ledger, model: str) -> list[dict[str, Any]]:
+    """The ledger's decisions on `model`, newest first, as `mlflow-gate audit --json` prints
+    them."""
+    return [decision_dict(d) for d in ledger.decisions(model_glob=model, limit=1000)]
+
 
 __all__ = [
     "LOOPBACK",
     "DelayProxy",
     "ManagedProcess",
     "free_port",
+    "recent",
     "redis_server_binary",
     "start_mlflow_server",
     "start_redis",

@@ -1,39 +1,71 @@
-"""One decision pipeline for every registry: event → registry → facts → evaluate → act → record.
+"""One decision pipeline for every registry: event → registry → facts → evaluate → record → act.
 
-Nothing here trusts an event beyond the model, version and target it names: each step reads the
-registry's current state, so a duplicate or late event changes nothing twice.
+The ledger (shared.ledger) is the gate's memory: which version it approved for each target, and
+every decision. A decision is written there, with its plan (worker/steps.py), before anything
+moves on the registry; then the plan is carried out and the decision marked done. So:
+
+- a retried or redelivered event finishes what was decided instead of deciding again, and a
+  decision with a newer one on the same target (the fence) never acts;
+- nothing written in the registry (a tag, an alias) can make the gate believe it approved a
+  version.
 
 - A request (Kind.REQUEST) is decided: the registry's open request is evaluated against every
-  covering policy, then approved (the gate's approval noted first) or rejected. A request no
-  longer open is recorded as skipped, except for an event of the sweep (decided meanwhile).
-- A move (an alias set or deleted, a stage transition) is guarded: a governed target held by a
-  version the gate did not approve is evaluated, kept if it passes and undone if not; in a
-  registry whose moves outside its approval process are violations, it is reported, or moved
-  back when a covering policy says `on_violation: revert`.
+  covering policy, then approved or rejected. A request no longer open is recorded as skipped,
+  except for an event of the sweep (decided meanwhile).
+- A move (an alias set or deleted, a stage transition, a holder the sweep found) is guarded: a
+  governed target held by a version the ledger does not show approved for it is evaluated
+  against the version the gate approved before (never against itself), kept if it passes and
+  undone if not; in a registry whose moves outside its approval process are violations, it is
+  reported, or moved back when a covering policy says `on_violation: revert`.
+
+`keep` is called before every write (to the ledger or the registry): the task passes a check
+that its model lock is still held, so that two decisions never act on one model at once.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from shared.errors import MlflowNotFound
-from shared.evaluation import Decision, evaluate
-from shared.events import GateEvent, Kind, Origin
+from shared.errors import MlflowNotFound, PermanentError
+from shared.evaluation import Decision, Facts, VersionFacts, evaluate
+from shared.events import GateEvent, Kind, Origin, RegistryKind
+from shared.ledger import ActionState, Ledger, RecordedDecision
 from shared.outcomes import Outcome
 from shared.policy import Policy, PolicySet, Target, archive_existing, reverts_violations
-from worker.decisions import DecisionLog, Record, record
+from worker.decisions import Record, decision_of, evaluated, target_of, version_tags
 from worker.facts import gather
-from worker.metrics import VIOLATIONS
+from worker.metrics import DECISIONS, VIOLATIONS
 from worker.registries import Registries
-from worker.registry import Registry, RequestWithdrawn
+from worker.registry import Registry, Request, RequestWithdrawn
+from worker.steps import Do, Step, carry_out, plan_facts, plan_of
 
 log = logging.getLogger(__name__)
+
+Keep = Callable[[], None]
+
+# The policy name an operator's rollback is recorded under (no policy is evaluated).
+ROLLBACK_POLICY = "operator-rollback"
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _unguarded() -> None:
+    """For callers that hold no lock (tests, one-off tools)."""
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """One event being handled."""
+
+    registry: Registry
+    event: GateEvent
+    keep: Keep
 
 
 class Pipeline:
@@ -41,133 +73,155 @@ class Pipeline:
         self,
         registries: Registries,
         policies: PolicySet,
-        decisions: DecisionLog,
+        ledger: Ledger,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.registries = registries
         self.policies = policies
-        self.decisions = decisions
+        self.ledger = ledger
         self.clock = clock
 
-    def handle(self, event: GateEvent) -> str:
+    def handle(self, event: GateEvent, keep: Keep = _unguarded) -> str:
         """Reconcile the event's subject; returns what was done, for the log."""
-        registry = self.registries.get(event.registry)
+        turn = _Turn(self.registries.get(event.registry), event, keep)
+        earlier = [  # a decision that failed for good is decided again (a replay, once fixed)
+            d
+            for d in self.ledger.for_event(event.event_id)
+            if d.action_state is not ActionState.FAILED
+        ]
+        unfinished = [
+            d for d in earlier if d.action_state is ActionState.PENDING and d.superseded_by is None
+        ]
+        if unfinished:
+            return "; ".join(self._finish(turn, d, None) for d in unfinished)
+        if earlier:
+            last = earlier[-1]
+            return f"already decided (decision {last.id}, {last.outcome.value}): nothing to do"
         if event.kind is Kind.REQUEST and event.version is not None:
-            return self.decide(registry, event, event.version)
+            return self.decide(turn, event.version)
         if event.kind is not Kind.REQUEST and event.target:
-            return self.guard(registry, event, event.target)
+            return self.guard(turn, event.target)
         return f"nothing to do for {event.kind.value} without a version or target"
 
-    # -- requests --------------------------------------------------------------------------
-    def decide(self, registry: Registry, event: GateEvent, version: str) -> str:
-        model = event.model
-        asked = Target.parse(event.target) if event.target else None
-        request = registry.request(model, version, asked)
-        if request is None or (event.origin is Origin.SWEEP and request.decided):
-            return self._not_open(registry, event, version, asked)
-        target = request.target
-        policies = self.policies.covering(model, target)
-        facts = gather(
-            registry,
-            request.candidate,
-            target,
-            policies,
-            now_ms=int(self.clock().timestamp() * 1000),
-            requested_by=request.requested_by,
-        )
-        decision = evaluate(facts, policies)
-        try:
-            if decision.approved:
-                registry.remember(model, target, version)  # before its own move's event
-                done = registry.approve(request, decision, archive_existing(policies, target))
-            else:
-                done = registry.reject(request, decision)
-        except RequestWithdrawn:
-            return self._not_open(registry, event, version, target)
-        outcome = Outcome.APPROVED if decision.approved else Outcome.REJECTED
-        self._record(registry, event, version, decision, outcome, f"{decision.reason} {done}")
-        return f"{model} v{version} {outcome.value} for {target}"
+    def owed(self, event: GateEvent) -> bool:
+        """Whether an event the sweep found needs handling: every request (the pipeline checks
+        it is still undecided), and a holder the ledger does not show approved."""
+        if event.kind is Kind.REQUEST or not event.target or event.version is None:
+            return True
+        target = _target(event, event.target)
+        return not self._approved(event.registry, event.model, target, event.version)
 
-    def _not_open(
-        self, registry: Registry, event: GateEvent, version: str, target: Target | None
-    ) -> str:
+    # -- requests --------------------------------------------------------------------------
+    def decide(self, turn: _Turn, version: str) -> str:
+        registry, event = turn.registry, turn.event
+        asked = Target.parse(event.target) if event.target else None
+        request = registry.request(event.model, version, asked)
+        if request is None or (event.origin is Origin.SWEEP and request.decided):
+            return self._not_open(turn, version, asked)
+        target = request.target
+        policies = self.policies.covering(event.model, target)
+        facts = self._facts(registry, request.candidate, target, policies, request.requested_by)
+        decision = evaluate(facts, policies)
+        if decision.approved:
+            plan = [Step(Do.APPROVE, version, archive=archive_existing(policies, target))]
+        else:
+            plan = [Step(Do.REJECT, version)]
+        outcome = Outcome.APPROVED if decision.approved else Outcome.REJECTED
+        rec = self._record(turn, version, decision, outcome, decision.reason, facts, plan)
+        return self._act(turn, replace(rec, requested_by=request.requested_by), request)
+
+    def _not_open(self, turn: _Turn, version: str, target: Target | None) -> str:
+        model = turn.event.model
         where = f" to {target}" if target else ""
-        if event.origin is Origin.SWEEP:
-            return f"{event.model} v{version}: its request{where} was decided meanwhile"
+        if turn.event.origin is Origin.SWEEP:
+            return f"{model} v{version}: its request{where} was decided meanwhile"
         reason = (
             f"The request of version {version}{where} is no longer open (approved, rejected or "
             "withdrawn by someone else): nothing done."
         )
-        policies = self.policies.covering(event.model, target) if target else []
+        policies = self.policies.covering(model, target) if target else []
         decision = Decision.without_checks(target or Target("", False), _names(policies), reason)
-        self._record(registry, event, version, decision, Outcome.SKIPPED, reason)
-        return f"{event.model} v{version}: no open request{where}; nothing done"
+        rec = self._record(turn, version, decision, Outcome.SKIPPED, reason, None, ())
+        turn.keep()
+        self.ledger.record(rec.row(None))
+        self._count(rec.outcome)
+        return f"{model} v{version}: no open request{where}; nothing done"
 
     # -- moves -----------------------------------------------------------------------------
-    def guard(self, registry: Registry, event: GateEvent, name: str) -> str:
+    def guard(self, turn: _Turn, name: str) -> str:
         """Guard a governed target that was moved (by anyone, the gate included)."""
-        model = event.model
-        stage = event.kind is Kind.STAGE_TRANSITIONED
-        target = Target.parse(name) if stage else Target(name, is_stage=False)
+        registry, event = turn.registry, turn.event
+        model, target = event.model, _target(event, name)
         policies = self.policies.covering(model, target)
         if not policies:
             return f"{target.kind} {target} of {model} is not governed by any policy"
+        pending = self.ledger.pending(registry.kind, model, target.name)
+        if pending is not None:  # an earlier decision there did not finish: finish it first
+            return self._finish(turn, pending, None)
         if registry.moves_outside_are_violations:
-            return self._violation(registry, event, target, policies)
-        holder = registry.holder(model, target)
-        if holder is None:
+            return self._violation(turn, target, policies)
+        subject = self._subject(turn, target)
+        if subject is None:
             return f"{target.kind} {target} of {model} is not held: nothing to guard"
-        approved = registry.approved(model, target)
-        if holder == approved:
-            return f"{target.kind} {target} of {model} is on v{holder}, which the gate approved"
-        candidate = registry.version(model, holder)
-        facts = gather(
-            registry,
-            candidate,
-            target,
-            policies,
-            now_ms=int(self.clock().timestamp() * 1000),
-            requested_by=None,
-        )
+        if self._approved(registry.kind, model, target, subject):
+            return f"{target.kind} {target} of {model} is on v{subject}, which the gate approved"
+        approved = self.ledger.approved_version(registry.kind, model, target.name)
+        facts = self._facts(registry, registry.version(model, subject), target, policies, None)
         decision = evaluate(facts, policies)
         outside = (
-            f"{target.kind.capitalize()} '{target}' was set on version {holder} outside the gate"
+            f"{target.kind.capitalize()} '{target}' was set on version {subject} outside the gate"
         )
+        plan: list[Step] = []
         if decision.approved:
-            registry.remember(model, target, holder)
             reason = f"{outside}; it passes the policy, so it is kept. {decision.reason}"
         else:
-            undone = self._restore(registry, model, target, holder, approved)
+            plan, undone = self._undo(registry, model, target, subject, approved)
             reason = f"{outside} and fails the policy, so {undone}. {decision.reason}"
         outcome = Outcome.APPROVED if decision.approved else Outcome.REJECTED
-        self._record(registry, event, holder, decision, outcome, reason)
-        verdict = "kept" if decision.approved else "reverted"
-        return f"{target.kind} {target} of {model} set on v{holder} outside the gate: {verdict}"
+        rec = self._record(turn, subject, decision, outcome, reason, facts, plan)
+        return self._act(turn, rec, None)
 
-    def _restore(
-        self, registry: Registry, model: str, target: Target, holder: str, approved: str | None
-    ) -> str:
-        if approved is not None:
-            note = f"put back on version {approved}: version {holder} fails the policy"
+    def _subject(self, turn: _Turn, target: Target) -> str | None:
+        """The version to guard: the alias's holder; in a stage, the event's version if it is
+        there (a stage may hold several), else the newest there."""
+        event, registry = turn.event, turn.registry
+        if target.is_stage and event.version is not None:
             try:
-                registry.put(model, target, approved, archive=True, note=note)
+                if registry.version(event.model, event.version).stage == target.name:
+                    return event.version
             except MlflowNotFound:
-                log.warning("%s v%s, approved for %s, is gone", model, approved, target)
-            else:
-                return (
-                    f"the {target.kind} was put back on version {approved}, the last the gate "
-                    "approved"
-                )
-        done = registry.take_off(model, target, holder, back_to=None, note="fails the policy")
-        return f"{done} (no version approved by the gate to put it back on)"
+                pass
+        return registry.holder(event.model, target)
 
-    def _violation(
-        self, registry: Registry, event: GateEvent, target: Target, policies: Sequence[Policy]
-    ) -> str:
+    def _undo(
+        self, registry: Registry, model: str, target: Target, subject: str, approved: str | None
+    ) -> tuple[list[Step], str]:
+        """The plan that undoes `subject` on `target`, and what it will have done."""
+        take_off = Step(Do.TAKE_OFF, subject, note="it fails the policy")
+        if approved is not None and approved != subject and _exists(registry, model, approved):
+            note = f"put back on version {approved}: version {subject} fails the policy"
+            put_back = Step(Do.PUT, approved, note=note)
+            if not target.is_stage:
+                return [put_back], (
+                    f"the alias was put back on version {approved}, the last the gate approved"
+                )
+            return [take_off, put_back], (
+                f"version {subject} was moved out of the stage and version {approved}, the last "
+                "the gate approved, put back in it"
+            )
+        what = (
+            f"version {subject} was moved out of the stage"
+            if target.is_stage
+            else ("the alias was removed")
+        )
+        return [take_off], f"{what} (no version approved by the gate to put back)"
+
+    def _violation(self, turn: _Turn, target: Target, policies: Sequence[Policy]) -> str:
+        registry, event = turn.registry, turn.event
         model, version = event.model, event.version
         if version is None:
             return f"nothing to guard in {target} of {model} without a version"
-        if registry.is_approved(model, target, version):
+        if self._approved(registry.kind, model, target, version):
             return f"{model} v{version} moved to {target} with the gate's approval"
         if registry.version(model, version).stage != target.name:
             return f"{model} v{version} is no longer in {target}: nothing to guard"
@@ -175,52 +229,267 @@ class Pipeline:
             f"Violation: version {version} of {model} was moved to {target.kind} {target} "
             "outside the gate (no request approved by it)"
         )
+        plan: list[Step] = []
         if reverts_violations(policies):
             note = (
                 f"it was moved to {target} without the gate's approval (policy on_violation: "
                 "revert). Request the transition instead."
             )
-            done = registry.take_off(model, target, version, back_to=event.from_stage, note=note)
-            reason += f"; {done} (on_violation: revert)."
+            plan = [Step(Do.TAKE_OFF, version, back_to=event.from_stage, note=note)]
+            reason += "; moved back (on_violation: revert):"
             action = "reverted"
         else:
             reason += "; reported only (a policy with on_violation: revert would move it back)."
             action = "reported"
         VIOLATIONS.labels(registry.kind.value, target.name, action).inc()
         decision = Decision.without_checks(target, _names(policies), reason)
-        self._record(registry, event, version, decision, Outcome.VIOLATION, reason)
-        return f"{model} v{version} in {target} outside the gate: violation {action}"
+        rec = self._record(turn, version, decision, Outcome.VIOLATION, reason, None, plan)
+        return self._act(turn, rec, None)
 
-    # -- record ----------------------------------------------------------------------------
+    # -- an operator's rollback -------------------------------------------------------------
+    def roll_back(
+        self,
+        kind: RegistryKind,
+        model: str,
+        target: Target,
+        why: str,
+        *,
+        acted_by: str | None,
+        keep: Keep = _unguarded,
+    ) -> tuple[str | None, str | None]:
+        """Put `target` back on the previous version the gate approved for it (no policy is
+        evaluated: it passed when it was approved). The holder's approval is revoked, so that
+        it does not count as approved again. Returns (the holder, the version put back); the
+        latter None when the gate approved no other version that still exists (nothing
+        changed then)."""
+        registry = self.registries.get(kind)
+        current = registry.holder(model, target)
+        previous = self._previously_approved(registry, model, target, current)
+        if previous is None:
+            return current, None
+        text = (
+            f"rollback by operator: {why}. {target.kind.capitalize()} '{target}' moved from "
+            f"version {current or '(none)'} back to version {previous}, the previous version "
+            "the gate approved."
+        )
+        event = GateEvent(
+            event_id=f"rollback-{uuid.uuid4().hex}",
+            registry=kind,
+            origin=Origin.OPERATOR,
+            kind=Kind.REQUEST,
+            model=model,
+            version=previous,
+            target=target.name,
+            received_at=self.clock().timestamp(),
+            webhook_event="rollback",
+        )
+        turn = _Turn(registry, event, keep)
+        decision = Decision(True, target, (ROLLBACK_POLICY,), (), text)
+        plan = [Step(Do.PUT, previous, archive=True, note=f"rollback by operator: {why}")]
+        rec = self._record(turn, previous, decision, Outcome.APPROVED, text, None, plan)
+        rec = replace(rec, acted_by=acted_by)
+        if current is not None:
+            keep()
+            self.ledger.end_approval(kind, model, target.name, text, rec.decided_at)
+            rolled = replace(rec, version=current, outcome=Outcome.ROLLED_BACK, facts={})
+            self.ledger.record(rolled.row(None))
+            self._count(Outcome.ROLLED_BACK)
+        self._act(turn, rec, None)
+        return current, previous
+
+    def _previously_approved(
+        self, registry: Registry, model: str, target: Target, current: str | None
+    ) -> str | None:
+        """The newest version, other than `current`, whose latest approval for `target` was
+        not revoked (rolled back from, undone), and that still exists."""
+        seen: set[str] = set()
+        for tenure in self.ledger.history(registry.kind, model, target.name):
+            if tenure.version in seen:
+                continue
+            seen.add(tenure.version)
+            if tenure.revoked or tenure.version == current:
+                continue
+            if _exists(registry, model, tenure.version):
+                return tenure.version
+        return None
+
+    # -- record, then act ------------------------------------------------------------------
+    def _act(self, turn: _Turn, rec: Record, request: Request | None) -> str:
+        """Write the decision (and the approval it grants) to the ledger, then carry it out."""
+        turn.keep()
+        row = rec.row(ActionState.PENDING)
+        decision_id = self.ledger.record(row)
+        if rec.outcome is Outcome.APPROVED:
+            self.ledger.approve(
+                rec.registry,
+                rec.model,
+                rec.decision.target.name,
+                rec.version,
+                decision_id,
+                rec.decided_at,
+            )
+        recorded = RecordedDecision(**vars(row), id=decision_id)
+        return self._finish(turn, recorded, request)
+
+    def _finish(self, turn: _Turn, recorded: RecordedDecision, request: Request | None) -> str:
+        """Carry out a recorded decision's plan, unless a newer decision on its target fences it
+        off; mark it done."""
+        registry, model, version = turn.registry, recorded.model, recorded.version
+        target = target_of(recorded)
+        newer = self.ledger.newer_action(recorded)
+        if newer is not None:
+            turn.keep()
+            self.ledger.supersede(recorded.id, newer.id)
+            return (
+                f"decision {recorded.id} ({model} v{version} {recorded.outcome.value} for "
+                f"{target}) was superseded by decision {newer.id}: nothing more done"
+            )
+        decision = decision_of(recorded)
+        done: list[str] = []
+        try:
+            for step in plan_of(recorded.facts):
+                turn.keep()
+                text = carry_out(registry, model, target, step, decision, request)
+                if text:
+                    done.append(text.rstrip(".") + ".")
+        except RequestWithdrawn:
+            return self._withdrawn(turn, recorded)
+        except PermanentError as exc:
+            self._failed(turn, recorded, exc)
+            raise
+        reason = " ".join([recorded.reason, *done]).strip()
+        if recorded.outcome is Outcome.APPROVED:
+            turn.keep()
+            registry.show_approval(model, target, version)
+        if recorded.outcome.shown_on_version:
+            turn.keep()
+            registry.show(model, version, version_tags(replace(recorded, reason=reason)))
+        turn.keep()
+        self.ledger.mark_done(recorded.id, reason)
+        self._count(recorded.outcome)
+        log.info(
+            "decision %s %s v%s for %s: %s",
+            recorded.outcome.value,
+            model,
+            version,
+            target,
+            reason,
+        )
+        return f"{model} v{version} {recorded.outcome.value} for {target}"
+
+    def _failed(self, turn: _Turn, recorded: RecordedDecision, error: PermanentError) -> None:
+        """A step failed for good: the approval it granted is revoked (never approve on an
+        error path), and the decision marked failed; the event is dead-lettered."""
+        model, version, target = recorded.model, recorded.version, target_of(recorded)
+        why = f"could not be carried out ({type(error).__name__}: {error})"
+        turn.keep()
+        if recorded.outcome is Outcome.APPROVED and (
+            self.ledger.approved_version(recorded.registry, model, target.name) == version
+        ):
+            self.ledger.end_approval(recorded.registry, model, target.name, why, self.clock())
+        self.ledger.mark_failed(
+            recorded.id,
+            f"{recorded.reason} The decision {why}; fix the cause, then replay the event with "
+            "`mlflow-gate dlq replay`.",
+        )
+
+    def _withdrawn(self, turn: _Turn, recorded: RecordedDecision) -> str:
+        """The request was decided by someone else while the gate was acting on it."""
+        model, version, target = recorded.model, recorded.version, target_of(recorded)
+        now = self.clock()
+        turn.keep()
+        if self.ledger.approved_version(recorded.registry, model, target.name) == version:
+            reason = f"the request was decided by someone else (decision {recorded.id})"
+            self.ledger.end_approval(recorded.registry, model, target.name, reason, now)
+        text = (
+            f"The request of version {version} to {target} was decided by someone else while "
+            "the gate was deciding it: nothing done."
+        )
+        decision = Decision.without_checks(target, recorded.policies, text)
+        skipped = Record(
+            registry=recorded.registry,
+            model=model,
+            version=version,
+            decision=decision,
+            outcome=Outcome.SKIPPED,
+            reason=text,
+            event_id=recorded.event_id,
+            origin=recorded.origin,
+            decided_at=now,
+        )
+        self.ledger.supersede(recorded.id, self.ledger.record(skipped.row(None)))
+        self._count(Outcome.SKIPPED)
+        return f"{model} v{version}: its request to {target} was decided meanwhile; nothing done"
+
     def _record(
         self,
-        registry: Registry,
-        event: GateEvent,
+        turn: _Turn,
         version: str,
         decision: Decision,
         outcome: Outcome,
         reason: str,
-    ) -> None:
-        rec = Record(
-            registry=registry.kind,
-            model=event.model,
+        facts: Facts | None,
+        plan: Sequence[Step],
+    ) -> Record:
+        evaluated_facts = evaluated(facts) if facts is not None else {}
+        return Record(
+            registry=turn.registry.kind,
+            model=turn.event.model,
             version=version,
             decision=decision,
             outcome=outcome,
             reason=reason.strip(),
-            event_id=event.event_id,
-            origin=event.origin,
+            event_id=turn.event.event_id,
+            origin=turn.event.origin,
             decided_at=self.clock(),
+            facts=plan_facts(evaluated_facts, plan),
         )
-        record(registry, self.decisions, rec)
-        log.info(
-            "decision %s %s v%s for %s: %s",
-            outcome.value,
-            event.model,
-            version,
-            decision.target,
-            rec.reason,
+
+    # -- what the gate approved ------------------------------------------------------------
+    def _approved(self, registry: RegistryKind, model: str, target: Target, version: str) -> bool:
+        """An alias: the version the gate approved for it. A stage: any version the gate
+        approved for it that was not revoked since (a stage may hold several)."""
+        if target.is_stage:
+            return version in self.ledger.standing(registry, model, target.name)
+        return self.ledger.is_approved(registry, model, target.name, version)
+
+    def _facts(
+        self,
+        registry: Registry,
+        candidate: VersionFacts,
+        target: Target,
+        policies: Sequence[Policy],
+        requested_by: str | None,
+    ) -> Facts:
+        kind, model = registry.kind, candidate.model
+        return gather(
+            registry,
+            candidate,
+            target,
+            policies,
+            now_ms=int(self.clock().timestamp() * 1000),
+            requested_by=requested_by,
+            approved=lambda other: self.ledger.approved_version(kind, model, other.name),
         )
+
+    @staticmethod
+    def _count(outcome: Outcome) -> None:
+        DECISIONS.labels(outcome.value).inc()
+
+
+def _target(event: GateEvent, name: str) -> Target:
+    if event.kind is Kind.STAGE_TRANSITIONED:
+        return Target.parse(name)
+    return Target(name, is_stage=False)
+
+
+def _exists(registry: Registry, model: str, version: str) -> bool:
+    try:
+        registry.version(model, version)
+    except MlflowNotFound:
+        log.warning("%s v%s, the last the gate approved, is gone", model, version)
+        return False
+    return True
 
 
 def _names(policies: Sequence[Policy]) -> list[str]:

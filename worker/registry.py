@@ -59,15 +59,10 @@ class Registry(Protocol):
         has none any more."""
         ...
 
-    # -- what the gate approved (its memory) -----------------------------------------------
-    def approved(self, model: str, target: Target) -> str | None:
-        """The last version the gate approved for the target, if the registry can say."""
-        ...
-
-    def is_approved(self, model: str, target: Target, version: str) -> bool: ...
-
-    def remember(self, model: str, target: Target, version: str) -> None:
-        """Note an approval before acting on it, so the action's own event finds it approved."""
+    # -- what the gate approved: its ledger remembers; the registry only shows it ----------
+    def show_approval(self, model: str, target: Target, version: str) -> None:
+        """Show engineers which version the gate approved for the target, where the registry
+        shows it that way (a copy: the gate never reads it back)."""
         ...
 
     # -- acts ------------------------------------------------------------------------------
@@ -98,5 +93,7 @@ class Registry(Protocol):
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, policies: PolicySet) -> Iterator[GateEvent]:
-        """Events for what lost webhooks left owed: undecided requests, unapproved holders."""
+        """Events for what lost webhooks may have left owed: undecided requests, and the
+        holders of governed targets (the pipeline keeps those the ledger does not show
+        approved)."""
         ...

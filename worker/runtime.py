@@ -1,7 +1,7 @@
 """What a worker process holds: settings and policies from start, clients made once per process.
 
 The Celery parent validates settings and policies before it forks; each child then opens its own
-Redis and HTTP connections (sockets must not be shared across a fork).
+Redis, HTTP and ledger connections (sockets must not be shared across a fork).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.deadletter import DeadLetterStore
+from shared.ledger import Ledger
 from shared.policy import PolicySet
 from shared.settings import Settings
-from worker.decisions import DecisionLog
 from worker.pipeline import Pipeline
 from worker.registries import Registries, build
 
@@ -24,6 +24,7 @@ class Clients:
     pid: int
     redis: redis.Redis
     registries: Registries
+    ledger: Ledger
     pipeline: Pipeline
     deadletters: DeadLetterStore
 
@@ -40,12 +41,14 @@ class Runtime:
             client = redis.Redis.from_url(
                 self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2
             )
-            registries = build(self.settings, client)
+            registries = build(self.settings)
+            ledger = Ledger(self.settings.database_url)  # its pool is this process's own
             self._clients = Clients(
                 pid=os.getpid(),
                 redis=client,
                 registries=registries,
-                pipeline=Pipeline(registries, self.policies, DecisionLog(client)),
+                ledger=ledger,
+                pipeline=Pipeline(registries, self.policies, ledger),
                 deadletters=DeadLetterStore(client),
             )
         return self._clients

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -20,6 +21,7 @@ from shared.logs import event_context
 from shared.policy import PolicySet
 from shared.queue import Publish, publisher
 from worker import runtime
+from worker.lock import ModelLock
 from worker.metrics import DEAD_LETTERS, RETRIES
 from worker.redrive import redrive as redrive_dead_letters
 from worker.registry import Registry
@@ -84,21 +86,18 @@ def _dead_letter(event: dict[str, Any], error: BaseException, attempts: int) -> 
 
 
 def _decide(event: GateEvent) -> str:
-    """Reconcile under the model's lock: two events for one model never race."""
+    """Reconcile under the model's lock: two events for one model never race. The lock is
+    extended before every write, and a decision whose lock expired stops (worker/lock.py)."""
     rt = runtime.current()
     clients = rt.clients
-    lock = clients.redis.lock(
-        keys.model_lock(event.model),
-        timeout=rt.settings.model_lock_seconds,
-        blocking_timeout=keys.MODEL_LOCK_WAIT_SECONDS,
-    )
-    if not lock.acquire():
+    lock = ModelLock(clients.redis, event.model, rt.settings.model_lock_seconds)
+    if not lock.acquire(wait=keys.MODEL_LOCK_WAIT_SECONDS):
         raise TransientError(
             f"model {event.model} is locked by another decision (or by a worker that died, "
             f"for {rt.settings.model_lock_seconds:g} s at most); retrying later"
         )
     try:
-        return clients.pipeline.handle(event)
+        return clients.pipeline.handle(event, keep=lock.keep)
     finally:
         try:
             lock.release()
@@ -138,17 +137,21 @@ def sweep() -> str:
     rt = runtime.current()
     publish = publisher(sweep.app)
     return "; ".join(
-        _sweep_safely(registry, rt.policies, publish) for registry in rt.clients.registries
+        _sweep_safely(registry, rt.policies, rt.clients.pipeline.owed, publish)
+        for registry in rt.clients.registries
     )
 
 
-def _sweep_safely(registry: Registry, policies: PolicySet, publish: Publish) -> str:
+def _sweep_safely(
+    registry: Registry, policies: PolicySet, owed: Callable[[GateEvent], bool], publish: Publish
+) -> str:
     name = f"{registry.name} sweep"
     try:
         count = 0
         for event in registry.sweep(policies):
-            publish(event.to_dict())
-            count += 1
+            if owed(event):
+                publish(event.to_dict())
+                count += 1
         report = f"{name} enqueued {count} events owed"
     except (TransientError, redis.RedisError) as exc:
         report = f"{name} failed, trying again next interval: {type(exc).__name__}: {exc}"

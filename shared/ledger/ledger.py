@@ -30,7 +30,11 @@ from shared.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
-_APPROVE_ATTEMPTS = 3  # two approvals racing for the same target: the loser tries again
+_APPROVE_ATTEMPTS = 3
+_STANDING = (
+    ActionState.PENDING.value,
+    ActionState.DONE.value,
+)  # decisions that fence others  # two approvals racing for the same target: the loser tries again
 
 
 class Ledger:
@@ -136,6 +140,19 @@ class Ledger:
                 self._require_decision(conn, decision_id)
                 raise LedgerError(f"decision {decision_id} calls for no action on the registry")
 
+    def mark_failed(self, decision_id: int, reason: str) -> None:
+        """The gate's action for this decision failed for good (`reason` says why and what to
+        do); a replay of its event decides again."""
+        with self._write() as conn:
+            failed = conn.execute(
+                sa.update(decisions)
+                .where(decisions.c.id == decision_id, decisions.c.action_state.is_not(None))
+                .values(action_state=ActionState.FAILED.value, reason=reason)
+            )
+            if failed.rowcount == 0:
+                self._require_decision(conn, decision_id)
+                raise LedgerError(f"decision {decision_id} calls for no action on the registry")
+
     def supersede(self, decision_id: int, by: int) -> None:
         """Decision `decision_id` is replaced by the later decision `by`."""
         if decision_id == by:
@@ -180,7 +197,7 @@ class Ledger:
             .where(
                 *_about(decision.registry, decision.model, decision.target),
                 decisions.c.id > decision.id,
-                decisions.c.action_state.is_not(None),
+                decisions.c.action_state.in_(_STANDING),
             )
             .order_by(decisions.c.id.desc())
             .limit(1)

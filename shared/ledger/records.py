@@ -24,6 +24,7 @@ class ActionState(str, Enum):
 
     PENDING = "pending"  # decided and recorded; the registry is not changed yet
     DONE = "done"  # the registry was changed as decided
+    FAILED = "failed"  # it could not be (a permanent error): nothing stands on it any more
 
 
 def utc(moment: datetime, what: str = "time") -> datetime:
@@ -92,6 +93,7 @@ class Tenure:
     reason: str  # the approving decision's reason
     requested_by: str | None
     acted_by: str | None
+    revoked: bool = False  # it ended by a rollback or an undo, not by a newer approval
 
     @property
     def current(self) -> bool:

@@ -110,4 +110,5 @@ def tenure_from_row(row: RowMapping) -> Tenure:
         reason=row["reason"],
         requested_by=row["requested_by"],
         acted_by=row["acted_by"],
+        revoked=bool(row["revoked"]),
     )

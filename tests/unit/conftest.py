@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from postgres import PostgresMissing, PostgresServer, start_postgres
@@ -48,4 +50,22 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
     """A ledger at head on each backend."""
     with Ledger(ledger_url) as opened:
         opened.upgrade()
+        yield opened
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite ledger migrated to head for the session: each test copies it."""
+    path = tmp_path_factory.mktemp("ledger-template") / "ledger.db"
+    with Ledger(f"sqlite:///{path}") as template:
+        template.upgrade()
+    return path
+
+
+@pytest.fixture
+def sqlite_ledger(_migrated_sqlite: Path, tmp_path: Path) -> Iterator[Ledger]:
+    """A ledger at head of its own, on SQLite (the pipeline's and the commands' tests)."""
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(_migrated_sqlite, path)
+    with Ledger(f"sqlite:///{path}") as opened:
         yield opened

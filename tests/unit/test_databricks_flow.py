@@ -7,16 +7,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import fakeredis
 import pytest
 import requests
 from fake_databricks import FakeDatabricks
+from harness import recent
 
 from shared.errors import MlflowNotFound, MlflowRequestError, MlflowUnavailable
 from shared.events import GateEvent, Kind, Origin, RegistryKind
+from shared.ledger import Ledger
 from shared.policy import parse_policies
 from shared.settings import DatabricksSettings, Settings
-from worker.decisions import DecisionLog
 from worker.pipeline import Pipeline
 from worker.registries import Registries, workspace
 from worker.registries.databricks import REQUESTS_APPROVE, TRANSITION_STAGE, DatabricksRegistry
@@ -58,14 +58,13 @@ def settings(fake: FakeDatabricks, token: str = TOKEN) -> Settings:
 
 
 def registry(fake: FakeDatabricks, token: str = TOKEN) -> DatabricksRegistry:
-    return workspace(settings(fake, token), fakeredis.FakeRedis())
+    return workspace(settings(fake, token))
 
 
 @pytest.fixture
-def flow(fake: FakeDatabricks) -> tuple[Pipeline, DecisionLog]:
-    client = fakeredis.FakeRedis()
-    log = DecisionLog(client)
-    registries = Registries({RegistryKind.DATABRICKS: workspace(settings(fake), client)})
+def flow(fake: FakeDatabricks, sqlite_ledger: Ledger) -> tuple[Pipeline, Ledger]:
+    log = sqlite_ledger
+    registries = Registries({RegistryKind.DATABRICKS: workspace(settings(fake))})
     return Pipeline(registries, parse_policies(POLICY), log), log
 
 
@@ -148,7 +147,7 @@ def test_an_outage_is_transient_and_a_missing_version_permanent(fake: FakeDatabr
 
 
 def test_a_passing_request_is_approved_with_archive_and_a_comment(
-    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, Ledger]
 ) -> None:
     pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.91}, stage="Production")
@@ -163,21 +162,22 @@ def test_a_passing_request_is_approved_with_archive_and_a_comment(
     assert "Checks passed: accuracy is 0.95 (required >= 0.9)" in call.body["comment"]
     assert "four eyes: requested by bob, created by alice" in call.body["comment"]
     assert (fake.stage_of("m", "2"), fake.stage_of("m", "1")) == ("Production", "Archived")
-    (entry,) = log.recent(model="m")
+    (entry,) = recent(log, "m")
     assert entry["outcome"] == "approved" and entry["target"] == "Production"
     assert entry["registry"] == "databricks" and entry["origin"] == "webhook"
-    assert set(entry) == {
-        "time", "registry", "model", "version", "target", "outcome", "reason", "policy",
-        "event_id", "origin",
-    }  # fmt: skip
+    assert {
+        "time", "registry", "model", "version", "target", "outcome", "reason", "policies",
+        "checks", "event_id", "origin", "requested_by", "facts",
+    } <= set(entry)  # fmt: skip
+    assert entry["requested_by"] == "bob" and entry["action_state"] == "done"
     # Its own transition webhook is no violation.
     again = pipeline.handle(event(Kind.STAGE_TRANSITIONED, "m", "2", "Production"))
     assert "with the gate's approval" in again
-    assert len(log.recent(model="m")) == 1
+    assert len(recent(log, "m")) == 1
 
 
 def test_a_failing_request_is_rejected_naming_each_check(
-    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, Ledger]
 ) -> None:
     pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.85}, run_started_days_ago=40)
@@ -191,30 +191,30 @@ def test_a_failing_request_is_rejected_naming_each_check(
     assert "requested by alice, who also created it" in comment
     assert "is 40 days old, above the maximum 30 days" in comment
     assert fake.stage_of("m", "1") == "None" and not fake.open_requests("m", "1")
-    assert log.recent(model="m")[0]["outcome"] == "rejected"
+    assert recent(log, "m")[0]["outcome"] == "rejected"
 
 
 def test_a_request_no_longer_open_is_recorded_and_left_alone(
-    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, Ledger]
 ) -> None:
     pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.95})
     outcome = pipeline.handle(event(Kind.REQUEST, "m", "1", "Production"))
     assert "nothing done" in outcome
     assert not fake.calls_to("approve") and not fake.calls_to("reject")
-    (entry,) = log.recent(model="m")
+    (entry,) = recent(log, "m")
     assert entry["outcome"] == "skipped" and "no longer open" in entry["reason"]
 
 
 def test_a_version_moved_outside_the_gate_is_a_violation(
-    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, Ledger]
 ) -> None:
     pipeline, log = flow
     fake.add_version("m", "1", creator="alice", metrics={"accuracy": 0.95})
     fake.move_outside("m", "1", "Production")
     pipeline.handle(event(Kind.STAGE_TRANSITIONED, "m", "1", "Production"))
     assert fake.stage_of("m", "1") == "Production"  # reported, not moved back
-    (entry,) = log.recent(model="m")
+    (entry,) = recent(log, "m")
     assert entry["outcome"] == "violation" and "outside the gate" in entry["reason"]
     # Staging's policy says on_violation: revert.
     fake.add_version("m", "2", creator="alice", metrics={"accuracy": 0.95})
@@ -223,17 +223,17 @@ def test_a_version_moved_outside_the_gate_is_a_violation(
     assert fake.stage_of("m", "2") == "None"
     (call,) = fake.calls_to("databricks/model-versions/transition-stage")
     assert call.body is not None and call.body["archive_existing_versions"] is False
-    assert "moved back to stage None" in log.recent(model="m")[0]["reason"]
+    assert "moved back to stage None" in recent(log, "m")[0]["reason"]
 
 
 def test_an_ungoverned_stage_is_not_guarded(
-    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, Ledger]
 ) -> None:
     pipeline, log = flow
     fake.add_version("m", "1", creator="alice")
     fake.move_outside("m", "1", "Archived")
     assert "not governed" in pipeline.handle(event(Kind.STAGE_TRANSITIONED, "m", "1", "Archived"))
-    assert not log.recent(model="m")
+    assert not recent(log, "m")
 
 
 def test_payload_round_trip_of_what_the_fake_sends(fake: FakeDatabricks) -> None:

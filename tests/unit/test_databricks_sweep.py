@@ -5,6 +5,7 @@ own."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -13,15 +14,15 @@ import fakeredis
 import pytest
 import requests
 from fake_databricks import FakeDatabricks
-from harness import free_port
+from harness import free_port, recent
 
 from shared.deadletter import DeadLetterStore
 from shared.errors import MlflowRequestError, MlflowUnavailable
 from shared.events import GateEvent, Kind, Origin, RegistryKind, found_by_sweep
+from shared.ledger import Ledger
 from shared.policy import parse_policies
 from shared.settings import DatabricksSettings, Settings
 from worker import runtime, tasks
-from worker.decisions import DecisionLog
 from worker.pipeline import Pipeline
 from worker.registries import Registries, open_source, workspace
 from worker.registries.databricks import MODELS_LIST, REQUESTS_REJECT, DatabricksRegistry
@@ -68,16 +69,14 @@ def settings(fake: FakeDatabricks, token: str = TOKEN) -> Settings:
     )
 
 
-def registry(
-    fake: FakeDatabricks, token: str = TOKEN, client: fakeredis.FakeRedis | None = None
-) -> DatabricksRegistry:
-    return workspace(settings(fake, token), fakeredis.FakeRedis() if client is None else client)
+def registry(fake: FakeDatabricks, token: str = TOKEN) -> DatabricksRegistry:
+    return workspace(settings(fake, token))
 
 
 def sweep(fake: FakeDatabricks) -> tuple[list[GateEvent], str]:
     """The sweep as the sweep task runs it: the events it published, and its report."""
     published: list[dict[str, Any]] = []
-    report = tasks._sweep_safely(registry(fake), POLICIES, published.append)
+    report = tasks._sweep_safely(registry(fake), POLICIES, lambda _: True, published.append)
     return [GateEvent.from_dict(e) for e in published], report
 
 
@@ -202,21 +201,20 @@ def test_the_fake_refuses_bad_listing_parameters(
 
 
 @pytest.fixture
-def flow(fake: FakeDatabricks) -> tuple[Pipeline, DecisionLog]:
-    client = fakeredis.FakeRedis()
-    log = DecisionLog(client)
+def flow(fake: FakeDatabricks, sqlite_ledger: Ledger) -> tuple[Pipeline, Ledger]:
+    log = sqlite_ledger
     # No MLflow anywhere: the open-source side must not be called for these events.
     registries = Registries(
         {
             RegistryKind.MLFLOW: open_source(settings(fake)),
-            RegistryKind.DATABRICKS: registry(fake, client=client),
+            RegistryKind.DATABRICKS: registry(fake),
         }
     )
     return Pipeline(registries, POLICIES, log), log
 
 
 def test_a_sweep_event_reaches_the_databricks_flow_and_is_decided(
-    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, Ledger]
 ) -> None:
     pipeline, log = flow
     fake.add_version("fraud-a", "1", creator="alice", metrics={"accuracy": 0.95})
@@ -224,14 +222,14 @@ def test_a_sweep_event_reaches_the_databricks_flow_and_is_decided(
     (event,) = sweep(fake)[0]
     assert "approved" in pipeline.handle(event)
     assert fake.stage_of("fraud-a", "1") == "Production"
-    assert [e["outcome"] for e in log.recent(model="fraud-a")] == ["approved"]
-    assert [e["origin"] for e in log.recent(model="fraud-a")] == ["sweep"]
+    assert [e["outcome"] for e in recent(log, "fraud-a")] == ["approved"]
+    assert [e["origin"] for e in recent(log, "fraud-a")] == ["sweep"]
     # The next sweep finds nothing open: it is decided once.
     assert sweep(fake)[0] == []
 
 
 def test_a_sweep_event_whose_request_was_decided_meanwhile_records_nothing(
-    fake: FakeDatabricks, flow: tuple[Pipeline, DecisionLog]
+    fake: FakeDatabricks, flow: tuple[Pipeline, Ledger]
 ) -> None:
     from shared.databricks import parse_webhook
 
@@ -246,11 +244,13 @@ def test_a_sweep_event_whose_request_was_decided_meanwhile_records_nothing(
     assert "approved" in pipeline.handle(webhook)
     # ...so the sweep's event finds no open request, and leaves no `skipped` entry.
     assert "decided meanwhile" in pipeline.handle(event)
-    assert [e["outcome"] for e in log.recent(model="fraud-a")] == ["approved"]
+    assert [e["outcome"] for e in recent(log, "fraud-a")] == ["approved"]
     assert len(fake.calls_to("transition-requests/approve")) == 1
-    # A webhook event in the same situation still records `skipped`.
-    pipeline.handle(webhook)
-    assert [e["outcome"] for e in log.recent(model="fraud-a")] == ["skipped", "approved"]
+    # The same webhook again (a redelivery) is already decided; another webhook event in the
+    # same situation still records `skipped`.
+    assert "already decided" in pipeline.handle(webhook)
+    pipeline.handle(dataclasses.replace(webhook, event_id=f"{webhook.event_id}-again"))
+    assert [e["outcome"] for e in recent(log, "fraud-a")] == ["skipped", "approved"]
 
 
 # --- the sweep task ---------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_a_sweep_event_whose_request_was_decided_meanwhile_records_nothing(
 
 @pytest.fixture
 def installed(
-    fake: FakeDatabricks, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, monkeypatch: pytest.MonkeyPatch, sqlite_ledger: Ledger
 ) -> Iterator[list[dict[str, Any]]]:
     """A worker runtime on fakeredis and the fake workspace, with no MLflow server at all; what
     the tasks publish is collected."""
@@ -267,7 +267,7 @@ def installed(
     registries = Registries(
         {
             RegistryKind.MLFLOW: open_source(config),
-            RegistryKind.DATABRICKS: workspace(config, client),
+            RegistryKind.DATABRICKS: workspace(config),
         }
     )
     rt = runtime.Runtime(config, POLICIES)
@@ -275,7 +275,8 @@ def installed(
         pid=os.getpid(),
         redis=client,
         registries=registries,
-        pipeline=Pipeline(registries, POLICIES, DecisionLog(client)),
+        ledger=sqlite_ledger,
+        pipeline=Pipeline(registries, POLICIES, sqlite_ledger),
         deadletters=DeadLetterStore(client),
     )
     published: list[dict[str, Any]] = []

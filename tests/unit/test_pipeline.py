@@ -5,18 +5,19 @@ server` in tests/integration/."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import fakeredis
 import pytest
 
+from cli.audit import decision_dict
 from shared import tags
 from shared.errors import MlflowUnavailable, PermanentError
 from shared.events import GateEvent, Kind, Origin, RegistryKind
+from shared.ledger import Ledger
 from shared.policy import PolicySet, Target, parse_policies
-from worker.decisions import DecisionLog
 from worker.pipeline import Pipeline
 from worker.registries import Registries
 from worker.registries.memory import InMemoryMlflow, InMemoryRegistry
@@ -46,7 +47,13 @@ class Gate:
     mlflow: InMemoryMlflow
     registry: InMemoryRegistry
     pipeline: Pipeline
-    log: DecisionLog
+    ledger: Ledger
+
+    def approved(self, model: str, target: str) -> str | None:
+        return self.ledger.approved_version(RegistryKind.MLFLOW, model, target)
+
+    def recent(self, model: str) -> list[dict[str, object]]:
+        return [decision_dict(d) for d in self.ledger.decisions(model_glob=model)]
 
     def version(self, model: str, accuracy: float | None, *, described: bool = True) -> str:
         run_id = self.mlflow.create_run(
@@ -72,7 +79,7 @@ def event(
     kind: Kind, model: str, version: str | None, target: str, origin: Origin = Origin.WEBHOOK
 ) -> GateEvent:
     return GateEvent(
-        event_id=f"evt-{kind.value}-{model}-{version}-{target}",
+        event_id=f"evt-{kind.value}-{model}-{version}-{target}-{uuid.uuid4().hex[:8]}",
         registry=RegistryKind.MLFLOW,
         origin=origin,
         kind=kind,
@@ -84,17 +91,16 @@ def event(
     )
 
 
-def make_gate(policies: PolicySet) -> Gate:
+def make_gate(policies: PolicySet, ledger: Ledger) -> Gate:
     mlflow = InMemoryMlflow()
     registry = InMemoryRegistry(mlflow)
-    log = DecisionLog(fakeredis.FakeRedis())
-    pipeline = Pipeline(Registries({RegistryKind.MLFLOW: registry}), policies, log, lambda: NOW)
-    return Gate(mlflow, registry, pipeline, log)
+    pipeline = Pipeline(Registries({RegistryKind.MLFLOW: registry}), policies, ledger, lambda: NOW)
+    return Gate(mlflow, registry, pipeline, ledger)
 
 
 @pytest.fixture
-def gate() -> Iterator[Gate]:
-    yield make_gate(parse_policies(POLICY))
+def gate(sqlite_ledger: Ledger) -> Iterator[Gate]:
+    yield make_gate(parse_policies(POLICY), sqlite_ledger)
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -106,7 +112,7 @@ def test_a_passing_request_sets_the_alias_and_records_the_decision_status_last(g
     outcome = gate.request("fraud", v1, "champion")
     assert outcome == f"fraud v{v1} approved for champion"
     assert gate.registry.holder("fraud", CHAMPION) == v1
-    assert gate.registry.approved("fraud", CHAMPION) == v1
+    assert gate.approved("fraud", "champion") == v1
     found = gate.tags_of("fraud", v1)
     assert found[tags.STATUS] == "approved" and found[tags.TARGET] == "champion"
     assert found[tags.POLICY] == "production-quality"
@@ -117,7 +123,7 @@ def test_a_passing_request_sets_the_alias_and_records_the_decision_status_last(g
     assert len(gate.mlflow.calls_to("model-versions/set-tag")) == 6  # the governance tags
     # Status last: whoever waits for it finds the rest already written.
     assert gate.mlflow.tag_keys_written[-1] == tags.STATUS
-    (entry,) = gate.log.recent(model="fraud")
+    (entry,) = gate.recent("fraud")
     assert entry["outcome"] == "approved" and entry["registry"] == "mlflow"
     assert entry["origin"] == "webhook" and entry["event_id"].startswith("evt-request")
 
@@ -127,7 +133,7 @@ def test_a_failing_request_moves_nothing_and_names_each_failed_check(gate: Gate)
     v1 = gate.version("fraud", 0.72, described=False)
     gate.request("fraud", v1, "champion")
     assert gate.registry.holder("fraud", CHAMPION) is None
-    assert gate.registry.approved("fraud", CHAMPION) is None
+    assert gate.approved("fraud", "champion") is None
     found = gate.tags_of("fraud", v1)
     assert found[tags.STATUS] == "rejected"
     assert "validation_accuracy is 0.72, below the minimum 0.9" in found[tags.REASON]
@@ -158,8 +164,9 @@ def test_a_stage_request_transitions_and_archives_what_was_there(gate: Gate) -> 
     assert "was already in stage Production" in gate.tags_of("fraud", v2)[tags.REASON]
 
 
-def test_compare_to_the_holder_rejects_a_worse_challenger_and_passes_a_better_one() -> None:
-    gate = make_gate(parse_policies(POLICY))
+def test_compare_to_the_holder_rejects_a_worse_challenger_and_passes_a_better_one(
+    gate: Gate,
+) -> None:
     gate.mlflow.create_model("fraud")
     champion = gate.version("fraud", 0.93)
     gate.request("fraud", champion, "champion")
@@ -178,12 +185,12 @@ def test_a_withdrawn_request_is_recorded_as_skipped_but_not_from_the_sweep(gate:
     # No governance.request on the version (withdrawn before the worker got to it).
     outcome = gate.pipeline.handle(event(Kind.REQUEST, "fraud", v1, "champion"))
     assert "nothing done" in outcome
-    (entry,) = gate.log.recent(model="fraud")
+    (entry,) = gate.recent("fraud")
     assert entry["outcome"] == "skipped" and "no longer open" in entry["reason"]
     assert tags.STATUS not in gate.tags_of("fraud", v1)  # skipped is not shown on the version
     swept = gate.pipeline.handle(event(Kind.REQUEST, "fraud", v1, "champion", Origin.SWEEP))
     assert "decided meanwhile" in swept
-    assert len(gate.log.recent(model="fraud")) == 1
+    assert len(gate.recent("fraud")) == 1
 
 
 def test_a_sweep_event_for_a_decided_request_changes_nothing(gate: Gate) -> None:
@@ -193,7 +200,7 @@ def test_a_sweep_event_for_a_decided_request_changes_nothing(gate: Gate) -> None
     writes = len(gate.writes())
     swept = gate.pipeline.handle(event(Kind.REQUEST, "fraud", v1, "champion", Origin.SWEEP))
     assert "decided meanwhile" in swept
-    assert len(gate.writes()) == writes and len(gate.log.recent(model="fraud")) == 1
+    assert len(gate.writes()) == writes and len(gate.recent("fraud")) == 1
 
 
 # --- guarding protected aliases -------------------------------------------------------------
@@ -205,7 +212,7 @@ def test_an_alias_moved_outside_the_gate_to_a_failing_version_is_put_back(gate: 
     gate.request("fraud", good, "champion")
     gate.mlflow.set_alias("fraud", "champion", bad)  # someone with write access
     outcome = gate.pipeline.handle(event(Kind.ALIAS_CREATED, "fraud", bad, "champion"))
-    assert "reverted" in outcome
+    assert outcome == f"fraud v{bad} rejected for champion"
     assert gate.registry.holder("fraud", CHAMPION) == good
     found = gate.tags_of("fraud", bad)
     assert found[tags.STATUS] == "rejected"
@@ -227,14 +234,14 @@ def test_an_alias_moved_outside_the_gate_to_a_passing_version_is_kept(gate: Gate
     good = gate.version("fraud", 0.95)
     gate.mlflow.set_alias("fraud", "champion", good)
     outcome = gate.pipeline.handle(event(Kind.ALIAS_CREATED, "fraud", good, "champion"))
-    assert "kept" in outcome
+    assert outcome == f"fraud v{good} approved for champion"
     assert gate.registry.holder("fraud", CHAMPION) == good
-    assert gate.registry.approved("fraud", CHAMPION) == good
+    assert gate.approved("fraud", "champion") == good
     # The gate's own alias webhook afterwards finds it approved: no more writes, no record.
     writes = len(gate.writes())
     again = gate.pipeline.handle(event(Kind.ALIAS_CREATED, "fraud", good, "champion"))
     assert "which the gate approved" in again
-    assert len(gate.writes()) == writes and len(gate.log.recent(model="fraud")) == 1
+    assert len(gate.writes()) == writes and len(gate.recent("fraud")) == 1
 
 
 def test_unprotected_aliases_and_deleted_aliases_are_left_alone(gate: Gate) -> None:
@@ -243,7 +250,7 @@ def test_unprotected_aliases_and_deleted_aliases_are_left_alone(gate: Gate) -> N
     gate.mlflow.set_alias("fraud", "scratch", v1)
     assert "not governed" in gate.pipeline.handle(event(Kind.ALIAS_CREATED, "fraud", v1, "scratch"))
     assert "not held" in gate.pipeline.handle(event(Kind.ALIAS_DELETED, "fraud", None, "champion"))
-    assert gate.log.recent(model="fraud") == []
+    assert gate.recent("fraud") == []
 
 
 # --- errors: never a decision on an error path -----------------------------------------------
@@ -258,21 +265,47 @@ def test_mlflow_down_raises_a_transient_error_and_writes_nothing(gate: Gate) -> 
         gate.pipeline.handle(event(Kind.REQUEST, "fraud", v1, "champion"))
     assert gate.registry.holder("fraud", CHAMPION) is None
     assert tags.STATUS not in gate.tags_of("fraud", v1)
-    assert gate.log.recent(model="fraud") == []
+    assert gate.recent("fraud") == []
 
 
-def test_a_failure_while_acting_leaves_no_approval_recorded(gate: Gate) -> None:
+def test_a_failure_while_acting_leaves_the_decision_pending_and_its_retry_finishes_it(
+    gate: Gate,
+) -> None:
     gate.mlflow.create_model("fraud")
     v1 = gate.version("fraud", 0.95)
     gate.mlflow.set_version_tag("fraud", v1, tags.REQUEST, "champion")
     gate.mlflow.fail_connection("POST", "/api/2.0/mlflow/registered-models/alias", times=3)
+    request = event(Kind.REQUEST, "fraud", v1, "champion")
     with pytest.raises(MlflowUnavailable, match="did not answer"):
-        gate.pipeline.handle(event(Kind.REQUEST, "fraud", v1, "champion"))
+        gate.pipeline.handle(request)
     assert tags.STATUS not in gate.tags_of("fraud", v1)
-    assert gate.log.recent(model="fraud") == []
-    # The retry finishes the work.
-    assert "approved" in gate.pipeline.handle(event(Kind.REQUEST, "fraud", v1, "champion"))
+    (entry,) = gate.recent("fraud")  # decided and recorded before acting
+    assert entry["outcome"] == "approved" and entry["action_state"] == "pending"
+    # The retry (same event) finishes what was decided: it does not decide again.
+    assert gate.pipeline.handle(request) == f"fraud v{v1} approved for champion"
     assert gate.registry.holder("fraud", CHAMPION) == v1
+    (entry,) = gate.recent("fraud")
+    assert entry["action_state"] == "done" and "now points to version 1" in entry["reason"]
+    assert "already decided" in gate.pipeline.handle(request)  # a redelivery: nothing
+
+
+def test_a_permanent_failure_while_acting_revokes_the_approval_and_a_replay_decides_again(
+    gate: Gate,
+) -> None:
+    gate.mlflow.create_model("fraud")
+    v1 = gate.version("fraud", 0.95)
+    gate.mlflow.set_version_tag("fraud", v1, tags.REQUEST, "champion")
+    gate.mlflow.fail(
+        "POST", "/api/2.0/mlflow/registered-models/alias", 400, "INVALID_PARAMETER_VALUE"
+    )
+    request = event(Kind.REQUEST, "fraud", v1, "champion")
+    with pytest.raises(PermanentError):
+        gate.pipeline.handle(request)
+    (entry,) = gate.recent("fraud")
+    assert entry["action_state"] == "failed" and "dlq replay" in entry["reason"]
+    assert gate.approved("fraud", "champion") is None  # never approved on an error path
+    assert gate.pipeline.handle(request) == f"fraud v{v1} approved for champion"  # the replay
+    assert gate.approved("fraud", "champion") == v1
 
 
 def test_an_event_for_a_registry_this_worker_lacks_is_a_permanent_error(gate: Gate) -> None:
@@ -295,7 +328,9 @@ def test_the_sweep_finds_undecided_requests_and_unapproved_protected_aliases(gat
     gate.mlflow.set_alias("other", "champion", other)  # set outside, webhook lost
     gate.mlflow.set_alias("other", "scratch", other)  # not protected
     found = {
-        (e.kind, e.model, e.version, e.target) for e in gate.registry.sweep(gate.pipeline.policies)
+        (e.kind, e.model, e.version, e.target)
+        for e in gate.registry.sweep(gate.pipeline.policies)
+        if gate.pipeline.owed(e)
     }
     assert found == {
         (Kind.REQUEST, "fraud", owed, None),

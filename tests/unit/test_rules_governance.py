@@ -1,11 +1,10 @@
 """Governance rules beyond thresholds: four_eyes and max_age_days in evaluate(), their policy
-syntax, the policy-level on_violation and archive_existing_versions, and rollback's history."""
+syntax, the policy-level on_violation and archive_existing_versions."""
 
 from __future__ import annotations
 
 import pytest
 
-from cli.rollback import approved_history
 from shared.errors import ConfigError
 from shared.evaluation import DAY_MS, Facts, RunFacts, VersionFacts, evaluate
 from shared.policy import (
@@ -237,22 +236,3 @@ def test_the_newest_open_request_to_the_stage_is_taken() -> None:
     ]
     assert open_request(requests, "Production") == requests[2]
     assert open_request(requests, "Archived") is None
-
-
-def test_approved_history_counts_each_versions_latest_decision() -> None:
-    def entry(version: str, outcome: str, target: str = "champion") -> dict[str, str]:
-        return {"version": version, "outcome": outcome, "target": target}
-
-    newest_first = [
-        entry("5", "approved"),
-        entry("4", "rolled_back"),
-        entry("7", "approved", target="Production"),
-        entry("3", "rejected"),
-        entry("6", "skipped"),
-        entry("4", "approved"),
-        entry("3", "approved"),
-        entry("2", "approved"),
-        entry("5", "approved"),
-    ]
-    assert approved_history(newest_first, "champion") == ["5", "2"]
-    assert approved_history(newest_first, "Production") == ["7"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import redis
-
 from shared.errors import ConfigError, PermanentError
 from shared.events import RegistryKind
 from shared.settings import Settings
@@ -52,20 +50,20 @@ def workspace_client(settings: Settings) -> RestClient:
     return RestClient(databricks.service(section, settings.mlflow_timeout_seconds))
 
 
-def workspace(settings: Settings, client: redis.Redis) -> databricks.DatabricksRegistry:
-    return databricks.DatabricksRegistry(workspace_client(settings), client)
+def workspace(settings: Settings) -> databricks.DatabricksRegistry:
+    return databricks.DatabricksRegistry(workspace_client(settings))
 
 
-def one(settings: Settings, kind: RegistryKind, client: redis.Redis) -> Registry:
+def one(settings: Settings, kind: RegistryKind) -> Registry:
     """The registry of that kind alone (for a command)."""
     if kind is RegistryKind.DATABRICKS:
-        return workspace(settings, client)
+        return workspace(settings)
     return open_source(settings)
 
 
-def build(settings: Settings, client: redis.Redis) -> Registries:
+def build(settings: Settings) -> Registries:
     """Open-source MLflow always; the Databricks workspace when one is configured."""
     found: dict[RegistryKind, Registry] = {RegistryKind.MLFLOW: open_source(settings)}
     if settings.databricks is not None and settings.databricks.has_workspace:
-        found[RegistryKind.DATABRICKS] = workspace(settings, client)
+        found[RegistryKind.DATABRICKS] = workspace(settings)
     return Registries(found)

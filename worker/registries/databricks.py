@@ -16,9 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import redis
-
-from shared import keys
 from shared.errors import ConfigError, MlflowRequestError
 from shared.evaluation import Decision, VersionFacts
 from shared.events import GateEvent, Kind, RegistryKind, found_by_sweep
@@ -90,10 +87,9 @@ class DatabricksRegistry:
     has_aliases = False  # the workspace registry has stages only
     moves_outside_are_violations = True
 
-    def __init__(self, rest: RestClient, client: redis.Redis) -> None:
+    def __init__(self, rest: RestClient) -> None:
         self.rest = rest
         self.api = Endpoints(rest)
-        self.redis = client
 
     def healthy(self) -> bool:
         return self.rest.answers("GET", WEBHOOKS_LIST, {"max_results": "1"})
@@ -122,15 +118,9 @@ class DatabricksRegistry:
         body = self.rest.call("GET", REQUESTS_LIST, params={"name": model, "version": version})
         return [r for r in body.get("requests", []) if isinstance(r, dict)]
 
-    # -- what the gate approved ------------------------------------------------------------
-    def approved(self, model: str, target: Target) -> str | None:
-        return None  # several versions may be approved for a stage; the audit trail orders them
-
-    def is_approved(self, model: str, target: Target, version: str) -> bool:
-        return bool(self.redis.sismember(_approved_key(model, target), version))
-
-    def remember(self, model: str, target: Target, version: str) -> None:
-        self.redis.sadd(_approved_key(model, target), version)
+    # -- what the gate approved -------------------------------------------------------------
+    def show_approval(self, model: str, target: Target, version: str) -> None:
+        """Nothing more: the approved request's comment shows it."""
 
     # -- acts ------------------------------------------------------------------------------
     def approve(self, request: Request, decision: Decision, archive: bool) -> str:
@@ -212,10 +202,6 @@ def registry_webhooks(rest: RestClient, model: str | None) -> list[Json]:
 
 def create_registry_webhook(rest: RestClient, spec: Json) -> Json:
     return dict(rest.call("POST", WEBHOOKS_CREATE, json=spec).get("webhook") or {})
-
-
-def _approved_key(model: str, target: Target) -> str:
-    return keys.approved_versions("databricks", model, target.name)
 
 
 def _transition(request: Request, archive: bool | None, comment: str) -> Json:

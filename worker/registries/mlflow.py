@@ -2,7 +2,8 @@
 
 A request is the version's `governance.request` tag; an approval sets the alias or transitions
 the stage; a decision is shown on the version's `governance.*` tags. What the gate approved for
-a target is the registered-model tag `governance.approved.<target>`.
+a target is the gate's ledger; the registered-model tag `governance.approved.<target>` is a copy
+for engineers, never read back (anyone who may set an alias may also write a tag).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from shared import tags
 from shared.errors import MlflowNotFound
 from shared.evaluation import Decision, VersionFacts
 from shared.events import GateEvent, Kind, RegistryKind, found_by_sweep
-from shared.policy import PolicySet, Target
+from shared.policy import STAGES, PolicySet, Target
 from shared.settings import Settings
 from worker.registries.endpoints import Endpoints, tag_map
 from worker.registry import Request
 from worker.rest import RestClient, Service
 
 log = logging.getLogger(__name__)
+
+# The stages a version can be moved into and a policy can govern.
+GOVERNABLE = tuple(s for s in STAGES if s != "None")
 
 
 def service(settings: Settings) -> Service:
@@ -87,15 +91,8 @@ class MlflowRegistry:
             decided=not undecided(candidate.tags),
         )
 
-    # -- what the gate approved ------------------------------------------------------------
-    def approved(self, model: str, target: Target) -> str | None:
-        rm = self.api.registered_model(model)
-        return tag_map(rm).get(tags.approved_pointer(target.name))
-
-    def is_approved(self, model: str, target: Target, version: str) -> bool:
-        return self.approved(model, target) == version
-
-    def remember(self, model: str, target: Target, version: str) -> None:
+    # -- what the gate approved -------------------------------------------------------------
+    def show_approval(self, model: str, target: Target, version: str) -> None:
         self.api.set_model_tag(model, tags.approved_pointer(target.name), version)
 
     # -- acts ------------------------------------------------------------------------------
@@ -136,21 +133,34 @@ class MlflowRegistry:
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, policies: PolicySet) -> Iterator[GateEvent]:
-        """Versions whose request has no decision answering it, and protected aliases held by
-        a version the gate did not approve."""
+        """Versions whose request has no decision answering it; the holders of governed
+        aliases; and every version in a governed stage (MLflow sends no webhook for stage
+        transitions: the sweep is what guards stages)."""
         for mv in self.api.search_versions(f"tags.`{tags.REQUEST}` LIKE '%'"):
             if undecided(tag_map(mv)):
                 yield found_by_sweep(
                     RegistryKind.MLFLOW, Kind.REQUEST, str(mv["name"]), str(mv["version"]), None
                 )
         for rm in self.api.search_models():
-            approved = tag_map(rm)
+            model = str(rm["name"])
             for entry in rm.get("aliases", []):
                 alias, version = str(entry["alias"]), str(entry["version"])
-                protected = policies.governs(str(rm["name"]), Target(alias, is_stage=False))
-                if protected and approved.get(tags.approved_pointer(alias)) != version:
+                if policies.governs(model, Target(alias, is_stage=False)):
                     yield found_by_sweep(
-                        RegistryKind.MLFLOW, Kind.ALIAS_CREATED, str(rm["name"]), version, alias
+                        RegistryKind.MLFLOW, Kind.ALIAS_CREATED, model, version, alias
+                    )
+            stages = {s for s in GOVERNABLE if policies.governs(model, Target(s, is_stage=True))}
+            if not stages:
+                continue  # no policy governs a stage of it: no more calls
+            for mv in self.api.versions_of(model):
+                stage = str(mv.get("current_stage") or "")
+                if stage in stages:
+                    yield found_by_sweep(
+                        RegistryKind.MLFLOW,
+                        Kind.STAGE_TRANSITIONED,
+                        model,
+                        str(mv["version"]),
+                        stage,
                     )
 
 
