@@ -463,15 +463,11 @@ def group_cpu_seconds(proc: ManagedProcess) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def no_decision_log() -> Any:
-    """A DecisionLog that keeps nothing: the baselines have no Redis audit trail."""
-    from worker.decisions import DecisionLog
+def scratch_ledger() -> Any:
+    """A ledger of the baseline's own: a SQLite file in a fresh temporary folder, at head."""
+    from shared.ledger import Ledger
 
-    class NoDecisionLog(DecisionLog):
-        def __init__(self) -> None:
-            pass
-
-        def append(self, entry: dict[str, Any]) -> None:
-            pass
-
-    return NoDecisionLog()
+    folder = tempfile.mkdtemp(prefix="mlflow-gate-bench-ledger-")
+    ledger = Ledger(f"sqlite:///{folder}/ledger.db")
+    ledger.upgrade()
+    return ledger

@@ -38,7 +38,7 @@ from _stack import (
     machine_line,
     markdown_table,
     ms,
-    no_decision_log,
+    scratch_ledger,
     settings_for,
     summary,
     table,
@@ -78,7 +78,7 @@ def baseline(stack: Stack, versions: list[tuple[str, str]]) -> dict[str, Any]:
     api = CountingRest(mlflow.service(settings_for(stack.mlflow_uri)))
     api.calls = collections.Counter()
     registries = Registries({RegistryKind.MLFLOW: mlflow.MlflowRegistry(api)})
-    pipeline = Pipeline(registries, load_policies(stack.policy_file), no_decision_log())
+    pipeline = Pipeline(registries, load_policies(stack.policy_file), scratch_ledger())
     times: list[float] = []
     outcomes: collections.Counter[str] = collections.Counter()
     cpu_before = _cpu(stack)

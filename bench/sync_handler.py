@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from _stack import no_decision_log
+from _stack import scratch_ledger
 from flask import Flask, Response, jsonify, request
 
 from shared import signing
@@ -31,7 +31,7 @@ def create_app() -> Flask:
     settings = Settings.from_env()
     verifier = signing.MlflowVerifier(settings.webhook_secret or "")
     registries = Registries({RegistryKind.MLFLOW: open_source(settings)})
-    pipeline = Pipeline(registries, load_policies(settings.policy_file), no_decision_log())
+    pipeline = Pipeline(registries, load_policies(settings.policy_file), scratch_ledger())
     app = Flask("sync_handler")
 
     @app.post("/webhooks/mlflow")

@@ -8,6 +8,7 @@ not outlive the test) is cli.devstack's; what is for tests alone is here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -54,12 +55,17 @@ class DelayProxy:
     test can act while a request is in flight. ``delay`` can be changed while it runs.
     """
 
-    def __init__(self, target: str, delay: float = 0.0) -> None:
+    def __init__(
+        self, target: str, delay: float = 0.0, refuse: Callable[[str, bytes], bool] | None = None
+    ) -> None:
+        """`refuse(path, body)`: answer that request 503 instead of forwarding it (a server that
+        fails some calls); it can be changed while the proxy runs."""
         import http.server
         import threading
 
         self.target = target.rstrip("/")
         self.delay = delay
+        self.refuse = refuse
         self.port = free_port()
         proxy = self
 
@@ -68,6 +74,9 @@ class DelayProxy:
                 time.sleep(proxy.delay)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if proxy.refuse is not None and proxy.refuse(self.path, body or b""):
+                    self.send_error(503)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 try:
                     upstream = requests.request(

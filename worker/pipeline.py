@@ -104,19 +104,37 @@ class Pipeline:
         return f"nothing to do for {event.kind.value} without a version or target"
 
     def owed(self, event: GateEvent) -> bool:
-        """Whether an event the sweep found needs handling: every request (the pipeline checks
-        it is still undecided), and a holder the ledger does not show approved."""
-        if event.kind is Kind.REQUEST or not event.target or event.version is None:
+        """Whether an event the sweep found needs handling: a request the ledger has no
+        decision on, a holder the ledger does not show approved."""
+        if event.version is None:
+            return True
+        if event.kind is Kind.REQUEST:
+            if not event.target:
+                return True  # the registry says which target when the event is handled
+            target = Target.parse(event.target)
+            return not self.ledger.decided(event.registry, event.model, event.version, target.name)
+        if not event.target:
             return True
         target = _target(event, event.target)
         return not self._approved(event.registry, event.model, target, event.version)
+
+    def _decided(self, turn: _Turn, request: Request) -> bool:
+        """A request the sweep found is decided if the registry shows a decision answering it,
+        or the ledger has one (a decision whose recording on the registry failed, or that a
+        newer one superseded, must not be taken again)."""
+        if request.decided:
+            return True
+        candidate = request.candidate
+        return self.ledger.decided(
+            turn.registry.kind, candidate.model, candidate.version, request.target.name
+        )
 
     # -- requests --------------------------------------------------------------------------
     def decide(self, turn: _Turn, version: str) -> str:
         registry, event = turn.registry, turn.event
         asked = Target.parse(event.target) if event.target else None
         request = registry.request(event.model, version, asked)
-        if request is None or (event.origin is Origin.SWEEP and request.decided):
+        if request is None or (event.origin is Origin.SWEEP and self._decided(turn, request)):
             return self._not_open(turn, version, asked)
         target = request.target
         policies = self.policies.covering(event.model, target)

@@ -172,6 +172,20 @@ class Ledger:
             rows = conn.execute(query.order_by(decisions.c.id)).all()
         return [decision_from_row(row._mapping) for row in rows]
 
+    def decided(self, registry: RegistryKind, model: str, version: str, target: str) -> bool:
+        """Whether the gate decided on `version` for `target` (a decision that failed for good
+        does not count: a replay decides again)."""
+        query = sa.select(decisions.c.id).where(
+            *_about(RegistryKind(registry), model, target),
+            decisions.c.version == version,
+            sa.or_(
+                decisions.c.action_state.is_(None),
+                decisions.c.action_state != ActionState.FAILED.value,
+            ),
+        )
+        with self._read() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     def pending(self, registry: RegistryKind, model: str, target: str) -> RecordedDecision | None:
         """The newest decision on `target` whose action on the registry is not done yet and
         that nothing superseded: what a retry (or the next decision there) must finish first."""

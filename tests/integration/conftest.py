@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import os
 import subprocess
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from harness import recent
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
@@ -32,6 +32,7 @@ from cli.devstack import (
     start_redis,
     wait_until,
 )
+from shared.ledger import Ledger
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -78,6 +79,8 @@ class Stack:
         *,
         redis_appendonly: bool = False,
         mlflow_env: dict[str, str] | None = None,
+        policy: str = POLICY,
+        database_url: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.redis_appendonly = redis_appendonly
@@ -87,14 +90,16 @@ class Stack:
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
         self.receiver_url = f"http://127.0.0.1:{self.receiver_port}"
-        policy = workdir / "policy.yaml"
-        policy.write_text(POLICY)
+        policy_file = workdir / "policy.yaml"
+        policy_file.write_text(policy)
+        self.database_url = database_url or f"sqlite:///{workdir / 'ledger.db'}"
         self.env = {
             **os.environ,
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "GATE_REDIS_URL": self.redis_url,
             "GATE_WEBHOOK_SECRET": SECRET,
-            "GATE_POLICY_FILE": str(policy),
+            "GATE_POLICY_FILE": str(policy_file),
+            "GATE_DATABASE_URL": self.database_url,
             "GATE_RETRY_MAX_ATTEMPTS": "3",
             "GATE_RETRY_BACKOFF_SECONDS": "0.5",
             "GATE_RETRY_BACKOFF_MAX_SECONDS": "1",
@@ -107,6 +112,7 @@ class Stack:
         }
         self.client = MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        self._ledger: Ledger | None = None
         self._starts = 0
 
     # -- processes -------------------------------------------------------------------------
@@ -154,6 +160,8 @@ class Stack:
     def close(self) -> None:
         for proc in reversed(list(self.processes.values())):
             proc.stop(timeout=3)
+        if self._ledger is not None:
+            self._ledger.close()
 
     def gate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -202,13 +210,16 @@ class Stack:
         )
         return self.version_tags(model, version)
 
+    @property
+    def ledger(self) -> Ledger:
+        """The gate's ledger (the worker created it at start), read from the test."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.database_url)
+        return self._ledger
+
     def decisions(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
-        entries = [json.loads(raw) for raw in self.redis.lrange("gate:decisions", 0, -1)]
-        return [
-            e
-            for e in entries
-            if e["model"] == model and (version is None or e["version"] == version)
-        ]
+        """The ledger's decisions on `model` (and `version`), newest first."""
+        return [e for e in recent(self.ledger, model) if version is None or e["version"] == version]
 
     def alias_version(self, model: str, alias: str) -> str | None:
         aliases = self.client.get_registered_model(model).aliases
