@@ -13,7 +13,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -129,7 +129,8 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
             data / "webhook-secret", lambda: secrets.token_hex(32)
         )
         gate_env = {**env, "MLFLOW_TRACKING_URI": mlflow_uri, "GATE_REDIS_URL": redis_url,
-                    "GATE_WEBHOOK_SECRET": secret}  # fmt: skip
+                    "GATE_WEBHOOK_SECRET": secret,
+                    "GATE_DATABASE_URL": ledger_url(data, env)}  # fmt: skip
         gate = gate_command()
 
         port = free_port(options.receiver_port)
@@ -232,12 +233,20 @@ def _print_summary(
     echo("")
     echo("Next:")
     echo(f"  export MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri} "
-         f"GATE_REDIS_URL={settings.redis_url}")  # fmt: skip
+         f"GATE_REDIS_URL={settings.redis_url} "
+         f"GATE_DATABASE_URL={ledger_url(data, os.environ)}")  # fmt: skip
+    echo("  mlflow-gate audit         # the ledger: every decision, newest first")
     echo("  mlflow-gate demo          # a version that passes and one that fails, decided live")
     echo("  set the tag governance.request=champion on a model version, then read its")
     echo("  governance.status and governance.reason tags in the MLflow UI")
     echo("  mlflow-gate status        # queue, workers, dead letters, last decisions")
     echo("")
+
+
+def ledger_url(data: Path, env: Mapping[str, str]) -> str:
+    """GATE_DATABASE_URL if set; else the ledger's SQLite file in the data folder (an absolute
+    path: the services run in other folders)."""
+    return env.get("GATE_DATABASE_URL") or f"sqlite:///{data.resolve() / 'ledger.db'}"
 
 
 def click_options(func: Callable[..., object]) -> Callable[..., object]:

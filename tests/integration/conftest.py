@@ -202,9 +202,14 @@ class Stack:
     def wait_for_decision(
         self, model: str, version: str, *, count: int = 1, timeout: float = 60
     ) -> dict[str, str]:
-        """Wait until the audit trail holds `count` decisions for the version; its tags then."""
+        """Wait until the ledger holds `count` finished decisions for the version (recorded,
+        and their action on MLflow done); its tags then."""
+
+        def finished() -> int:
+            return sum(d["action_state"] != "pending" for d in self.decisions(model, version))
+
         wait_until(
-            lambda: len(self.decisions(model, version)) >= count,
+            lambda: finished() >= count,
             timeout,
             what=f"{count} decision(s) on {model} v{version}\n{self.logs()}",
         )
