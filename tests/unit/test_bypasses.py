@@ -163,6 +163,9 @@ def test_a_retried_older_decision_never_undoes_a_newer_one(world: World) -> None
     # v2's retry finds a newer decision on champion: it stops there.
     assert "superseded by decision" in world.handle(older)
     assert world.registry.holder("fraud", CHAMPION) == v3
+    # v2's tags never got its decision, but the sweep does not take its request again.
+    assert tags.STATUS not in world.registry.version("fraud", v2).tags
+    assert world.sweep() == []
     assert world.ledger.approved_version(MLFLOW, "fraud", "champion") == v3
 
 

@@ -333,7 +333,7 @@ def test_the_sweep_finds_undecided_requests_and_unapproved_protected_aliases(gat
         if gate.pipeline.owed(e)
     }
     assert found == {
-        (Kind.REQUEST, "fraud", owed, None),
+        (Kind.REQUEST, "fraud", owed, "champion"),
         (Kind.ALIAS_CREATED, "other", other, "champion"),
     }
     assert all(e.origin is Origin.SWEEP for e in gate.registry.sweep(gate.pipeline.policies))

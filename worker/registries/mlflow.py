@@ -137,9 +137,11 @@ class MlflowRegistry:
         aliases; and every version in a governed stage (MLflow sends no webhook for stage
         transitions: the sweep is what guards stages)."""
         for mv in self.api.search_versions(f"tags.`{tags.REQUEST}` LIKE '%'"):
-            if undecided(tag_map(mv)):
+            version_tags = tag_map(mv)
+            if undecided(version_tags):
+                target = Target.parse(version_tags[tags.REQUEST]).name
                 yield found_by_sweep(
-                    RegistryKind.MLFLOW, Kind.REQUEST, str(mv["name"]), str(mv["version"]), None
+                    RegistryKind.MLFLOW, Kind.REQUEST, str(mv["name"]), str(mv["version"]), target
                 )
         for rm in self.api.search_models():
             model = str(rm["name"])
