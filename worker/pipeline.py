@@ -309,10 +309,12 @@ class Pipeline:
         if current is not None:
             keep()
             self.ledger.end_approval(kind, model, target.name, text, rec.decided_at)
+        self._act(turn, rec, None)
+        if current is not None:
+            keep()
             rolled = replace(rec, version=current, outcome=Outcome.ROLLED_BACK, facts={})
             self.ledger.record(rolled.row(None))
             self._count(Outcome.ROLLED_BACK)
-        self._act(turn, rec, None)
         return current, previous
 
     def _previously_approved(
