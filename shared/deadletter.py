@@ -79,6 +79,33 @@ class DeadLetterStore:
         entries = (self.get(i) for i in ids)
         return [e for e in entries if e is not None]
 
+    def take(self, entry_id: str) -> DeadLetter | None:
+        """Remove the entry and return it, atomically: an entry written again meanwhile (the
+        same event failing again) is never removed by mistake."""
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(keys.DEADLETTER)  # type: ignore[no-untyped-call]
+                    raw = pipe.hget(keys.DEADLETTER, entry_id)
+                    if not raw:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.hdel(keys.DEADLETTER, entry_id)
+                    pipe.zrem(keys.DEADLETTER_INDEX, entry_id)
+                    pipe.execute()
+                    return DeadLetter(**json.loads(raw))
+                except redis.WatchError:
+                    continue  # the hash changed between our read and our removal: again
+
+    def give_back(self, entry: DeadLetter) -> None:
+        """Put back an entry taken for a replay that could not be published, unless the event
+        was dead-lettered again meanwhile (the newer entry stays)."""
+        pipe = self.client.pipeline()
+        pipe.hsetnx(keys.DEADLETTER, entry.id, json.dumps(asdict(entry)))
+        pipe.zadd(keys.DEADLETTER_INDEX, {entry.id: entry.last_failure}, nx=True)
+        pipe.execute()
+
     def remove(self, entry_id: str) -> bool:
         pipe = self.client.pipeline()
         pipe.hdel(keys.DEADLETTER, entry_id)
@@ -133,10 +160,12 @@ def select(
 def replay(
     store: DeadLetterStore, publish: Publish, ids: list[str], *, dry_run: bool = False
 ) -> ReplayReport:
-    """Re-enqueue each entry, and remove it only once the enqueue succeeded."""
+    """Re-enqueue each entry. The entry is taken out before it is published (so that the
+    replayed event, failing again at once, leaves a dead letter that nothing removes) and put
+    back if publishing fails."""
     report = ReplayReport()
     for entry_id in ids:
-        entry = store.get(entry_id)
+        entry = store.get(entry_id) if dry_run else store.take(entry_id)
         if entry is None:
             report.missing.append(entry_id)
             continue
@@ -145,10 +174,10 @@ def replay(
             continue
         try:
             publish(_as_replayed(entry.event))
-        except Exception as exc:  # kombu and redis raise many kinds; the entry stays
+        except Exception as exc:  # kombu and redis raise many kinds; the entry goes back
+            store.give_back(entry)
             report.failed.append((entry_id, f"{type(exc).__name__}: {exc}"))
             continue
-        store.remove(entry_id)
         report.replayed.append(entry_id)
     return report
 

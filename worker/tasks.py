@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from celery.signals import task_failure
 from redis.exceptions import LockNotOwnedError
 
@@ -29,16 +30,35 @@ from worker.registry import Registry
 log = logging.getLogger(__name__)
 
 
+# How long a worker waits before it gives back a message it could not keep track of (Redis
+# refused a write), so that a Redis in trouble is not hammered by the same message.
+REQUEUE_PAUSE_SECONDS = 2.0
+
+
 @shared_task(bind=True, name=keys.TASK_RECONCILE)  # type: ignore[untyped-decorator]
 def reconcile(self: Task, payload: Any) -> str:
     try:
-        event = GateEvent.from_dict(payload)
-    except EventError as exc:
-        return _dead_letter(payload if isinstance(payload, dict) else {"raw": payload}, exc, 1)
-    with event_context(event.to_dict()):
-        outcome = _reconcile(self, event)
-        log.info("%s", outcome)
-        return outcome
+        try:
+            event = GateEvent.from_dict(payload)
+        except EventError as exc:
+            return _dead_letter(payload if isinstance(payload, dict) else {"raw": payload}, exc, 1)
+        with event_context(event.to_dict()):
+            outcome = _reconcile(self, event)
+            log.info("%s", outcome)
+            return outcome
+    except redis.RedisError as exc:
+        # Redis refused a write the gate needs to keep track of the event (its dead letter, the
+        # bookkeeping of its deliveries): acknowledging the message would lose the event. It
+        # goes back to the queue instead, and is tried again.
+        log.error(
+            "could not keep track of this event in Redis (%s: %s); the message goes back to the "
+            "queue. Check Redis: that it is up, has memory left and uses maxmemory-policy "
+            "noeviction",
+            type(exc).__name__,
+            exc,
+        )
+        time.sleep(REQUEUE_PAUSE_SECONDS)
+        raise Reject(exc, requeue=True) from exc
 
 
 def _reconcile(task: Task, event: GateEvent) -> str:

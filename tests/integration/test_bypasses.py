@@ -184,6 +184,31 @@ def test_a_redelivered_event_after_redis_forgot_it_is_not_decided_again(gate: Ga
     assert len(gate.decisions(model, v1)) == 1
 
 
+def test_an_event_whose_dead_letter_cannot_be_written_is_not_lost(gate: Gate) -> None:
+    """Redis refuses the dead letter (here: its key holds a string): the worker gives the
+    message back to the queue instead of acknowledging it, and writes the dead letter once it
+    can."""
+    event_id = f"poison-{uuid.uuid4().hex[:8]}"
+    gate.redis.rename("gate:deadletter", "gate:deadletter:kept") if gate.redis.exists(
+        "gate:deadletter"
+    ) else None
+    gate.redis.set("gate:deadletter", "not a hash")
+    try:
+        # An event no worker can decide (no model): it must be dead-lettered.
+        publisher(create_celery(Settings(redis_url=gate.redis_url)))({"event_id": event_id})
+        wait_until(
+            lambda: gate.processes["worker"].log_tail(20000).count("goes back to the queue") >= 2,
+            30,
+            what="the message given back to the queue, twice",
+        )
+    finally:
+        gate.redis.delete("gate:deadletter")
+        if gate.redis.exists("gate:deadletter:kept"):
+            gate.redis.rename("gate:deadletter:kept", "gate:deadletter")
+    wait_until(lambda: gate.redis.hexists("gate:deadletter", event_id), 30, what="dead letter")
+    assert json.loads(gate.gate("dlq", "show", event_id).stdout)["error_class"] == "EventError"
+
+
 def test_the_decision_history_survives_a_redis_flush(gate: Gate) -> None:
     """Last in this module: it empties Redis under the running worker."""
     model = gate.model()
