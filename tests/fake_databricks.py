@@ -19,6 +19,7 @@ Every call is recorded in `calls` (method, path, params, body) for the tests to 
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import hmac
@@ -321,11 +322,8 @@ class FakeDatabricks:
         return {"model_version": dict(self._version(name, version))}
 
     def _search_versions(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
-        text = _param(params, "filter")
-        if not (text.startswith("name='") and text.endswith("'")):
-            raise ApiError(400, "INVALID_PARAMETER_VALUE", f"unsupported filter {text!r}")
-        name = text[len("name='") : -1].replace("\\'", "'")
-        found = [dict(mv) for (n, _), mv in self.state.versions.items() if n == name]
+        names = _names_in_filter(_param(params, "filter"))
+        found = [dict(mv) for (n, _), mv in self.state.versions.items() if n in names]
         return self._page(params, "model_versions", found, default=10_000, maximum=10_000)
 
     def _list_models(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
@@ -469,6 +467,25 @@ class FakeDatabricks:
             if model is None or h.get("model_name") == model
         ]
         return {"webhooks": hooks}
+
+
+def _names_in_filter(text: str) -> tuple[str, ...]:
+    """The model names of a `name='...'` or `name IN (...)` filter, read as MLflow's parser reads
+    them: the text between the quotes of `name='...'` as it is (no escape is undone), the list
+    after IN as a Python literal (ast.literal_eval). Any other filter is refused."""
+    text = text.strip()
+    if text.startswith("name='") and text.endswith("'") and len(text) > len("name='"):
+        return (text[len("name='") : -1],)
+    head, _, rest = text.partition(" IN ")
+    if head.strip() == "name" and rest.strip().startswith("("):
+        try:
+            parsed = ast.literal_eval(rest.strip())
+        except (SyntaxError, ValueError):
+            parsed = None
+        names = parsed if isinstance(parsed, tuple) else (parsed,)
+        if all(isinstance(n, str) for n in names):
+            return tuple(str(n) for n in names)
+    raise ApiError(400, "INVALID_PARAMETER_VALUE", f"unsupported filter {text!r}")
 
 
 def _param(params: dict[str, str], key: str) -> str:

@@ -42,7 +42,7 @@ class Endpoints:
         )
 
     def versions_of(self, model: str) -> Iterator[Json]:
-        return self.search_versions(f"name={quoted(model)}")
+        return self.search_versions(name_filter(model))
 
     def search_models(self) -> Iterator[Json]:
         return self.rest.pages(f"{REGISTERED_MODELS}/search", "registered_models")
@@ -131,6 +131,15 @@ def _pairs(items: Any) -> dict[str, str]:
     return {str(t["key"]): str(t.get("value", "")) for t in items if isinstance(t, dict)}
 
 
-def quoted(text: str) -> str:
-    """A string literal for an MLflow search filter."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def name_filter(name: str) -> str:
+    """A model-versions search filter matching exactly the model called `name`.
+
+    MLflow's filter parser never undoes escapes inside a quoted string (`name='o\\'brien'` looks
+    for a name with a backslash in it), so a name holding a quote or a backslash cannot be
+    written as `name='...'`. It reads a list after IN as a Python literal (ast.literal_eval),
+    where Python's repr of the name reads back exactly. Other names keep the plain form, the
+    one the workspace registry documents. (Joined to another clause, IN needs an explicit AND.)
+    """
+    if "'" in name or "\\" in name:
+        return f"name IN ({name!r})"
+    return f"name='{name}'"

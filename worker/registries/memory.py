@@ -10,6 +10,7 @@ archiving on transition, paging, and the filters the gate sends. Faults are inje
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import re
@@ -257,29 +258,60 @@ class InMemoryRegistry(MlflowRegistry):
         super().__init__(RestClient(service, session=mlflow.session()))
 
 
-# The filters the gate sends: name='...' (MLflow's quoting), tags.`key` LIKE '%', joined by AND.
-_CLAUSE = re.compile(r"""\s*(name|tags\.`([^`]+)`)\s*(=|LIKE)\s*'((?:[^'\\]|\\.)*)'\s*""")
+# The filters the gate sends, read as MLflow reads them: clauses joined by AND, each one of
+# name = '...' and tags.`key` LIKE '...' (the text between the quotes taken as it is: MLflow undoes
+# no escapes in it), or name IN (...) (the parenthesised list read as a Python literal, as MLflow
+# reads it, with ast.literal_eval).
+_STRING = r"'(?:''|\\'|[^'])*'" + "|" + r'"(?:""|\\"|[^"])*"'  # sqlparse's string tokens
+_CLAUSE = re.compile(
+    rf"""\s*(?:name|tags\.`(?P<tag>[^`]+)`)\s*(?:
+        (?P<op>=|LIKE)\s*(?P<string>{_STRING})
+        | IN\s*(?P<list>\((?:[^()'"]|{_STRING})*\))
+    )\s*(?:AND\s|$)""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
 
 
 def _version_filter(text: str) -> Callable[[_Version], bool]:
     tests: list[Callable[[_Version], bool]] = []
-    for clause in filter(None, re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE)):
-        match = _CLAUSE.fullmatch(clause)
+    text, position = text.strip(), 0
+    while position < len(text):
+        match = _CLAUSE.match(text, position)
         if match is None:
             raise MlflowError(400, "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}'")
-        _, tag, op, literal = match.groups()
-        value = re.sub(r"\\(.)", r"\1", literal)
-        pattern = re.compile(re.escape(value).replace("%", ".*").replace("_", ".") + r"\Z", re.S)
-
-        def test(v: _Version, tag: str | None = tag, op: str = op, value: str = value,
-                 pattern: re.Pattern[str] = pattern) -> bool:  # fmt: skip
-            actual = v.name if tag is None else v.tags.get(tag)
-            if actual is None:
-                return False
-            return actual == value if op == "=" else pattern.match(actual) is not None
-
-        tests.append(test)
+        position = match.end()
+        tests.append(_clause(match, text))
     return lambda v: all(t(v) for t in tests)
+
+
+def _clause(match: re.Match[str], text: str) -> Callable[[_Version], bool]:
+    tag = match["tag"]
+    if match["list"] is not None:
+        if tag is not None:
+            raise MlflowError(400, "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}'")
+        try:
+            parsed = ast.literal_eval(match["list"])
+        except (SyntaxError, ValueError):
+            raise MlflowError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                "While parsing a list in the query, expected a non-empty list of string "
+                "values, but got ill-formed list.",
+            ) from None
+        names = parsed if isinstance(parsed, tuple) else (parsed,)
+        if not all(isinstance(n, str) for n in names):
+            raise MlflowError(400, "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}'")
+        return lambda v: v.name in names
+    value = match["string"][1:-1]  # MLflow strips the quotes and nothing else
+    if match["op"] == "=":
+        return lambda v: (v.name if tag is None else v.tags.get(tag)) == value
+    pattern = re.compile(re.escape(value).replace("%", ".*").replace("_", ".") + r"\Z", re.S)
+
+    def like(v: _Version) -> bool:
+        actual = v.name if tag is None else v.tags.get(tag)
+        return actual is not None and pattern.match(actual) is not None
+
+    return like
 
 
 def _page(items: list[Json], key: str, args: Json) -> Json:
