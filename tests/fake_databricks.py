@@ -1,7 +1,8 @@
 """A fake Databricks workspace: the MLflow REST endpoints of the workspace model registry that
 the gate uses, over real HTTP on loopback, strict the way the real API is strict.
 
-- Every request needs `Authorization: Bearer <token>` (else 401, as Databricks answers).
+- Every request needs `Authorization: Bearer <token>` (else 401, as Databricks answers); a run
+  in `forbidden_runs` is refused with 403 PERMISSION_DENIED, as for a principal without access.
 - Bodies are type-checked: a missing `archive_existing_versions`, a version sent as a number, a
   boolean sent as a string are refused with 400 INVALID_PARAMETER_VALUE.
 - Approving or rejecting a request that is not open is refused with 404 RESOURCE_DOES_NOT_EXIST.
@@ -91,6 +92,8 @@ class FakeDatabricks:
         self.token = token
         self.down = False  # answer 503 to everything (a workspace outage)
         self.page_limit: int | None = None  # a server-side cap on every listing page
+        # Runs the token may not read (403), as in an experiment its principal has no access to.
+        self.forbidden_runs: set[str] = set()
         self.state = Workspace()
         self.calls: list[Call] = []
         self.deliveries: list[Delivery] = []
@@ -203,6 +206,10 @@ class FakeDatabricks:
                 "MODEL_VERSION_TRANSITIONED_STAGE", model, version, stage, before
             )
         return self.fire(payload)
+
+    def run_of(self, model: str, version: str) -> str:
+        with self.lock:
+            return str(self.state.versions[(model, version)]["run_id"])
 
     def stage_of(self, model: str, version: str) -> str:
         with self.lock:
@@ -377,6 +384,12 @@ class FakeDatabricks:
         return answer
 
     def _get_run(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
+        if params.get("run_id") in self.forbidden_runs:
+            raise ApiError(
+                403,
+                "PERMISSION_DENIED",
+                f"User does not have permission 'View' on run {params['run_id']}",
+            )
         run = self.state.runs.get(_param(params, "run_id"))
         if run is None:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", "Run not found")

@@ -26,7 +26,12 @@ from tenacity import (
     wait_exponential,
 )
 
-from shared.errors import MlflowNotFound, MlflowRequestError, MlflowUnavailable
+from shared.errors import (
+    MlflowForbidden,
+    MlflowNotFound,
+    MlflowRequestError,
+    MlflowUnavailable,
+)
 from worker.metrics import MLFLOW_SECONDS
 
 log = logging.getLogger(__name__)
@@ -72,10 +77,15 @@ _short_retry = retry(
 
 # What an error answer means, by status: (the error to raise, what to tell the operator).
 # Anything else 4xx is a plain MlflowRequestError; anything 5xx is MlflowUnavailable.
+_REPLAY = "then replay the event with `mlflow-gate dlq replay <id>` (or run the command again)"
 _BY_STATUS: dict[int, tuple[type[MlflowRequestError] | None, str]] = {
     429: (None, "the gate retries with backoff"),
-    401: (MlflowRequestError, "{credentials}, then replay the event"),
-    403: (MlflowRequestError, "{credentials}, then replay the event"),
+    401: (MlflowForbidden, "the gate's credentials were refused: {credentials}, " + _REPLAY),
+    403: (
+        MlflowForbidden,
+        "the gate's account lacks a permission: {credentials} and give that account access to "
+        "the model, its versions and their runs, " + _REPLAY,
+    ),
     404: (MlflowNotFound, ""),
 }
 

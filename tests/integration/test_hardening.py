@@ -3,6 +3,10 @@
 - compare_to a stage finds the stage's holder whatever the model is called (quotes, backslashes).
 - compare_to fails closed when the holder's run is gone (deleted, then garbage-collected by
   `mlflow gc`: MLflow answers 404) or its metric is not a finite number (NaN logged).
+- A run the gate may not read (403) is not decided on but dead-lettered, the candidate's or the
+  holder's, with what to fix; replayed with `mlflow-gate dlq replay` once fixed, it is decided.
+  (Against the fake Databricks workspace of tests/fake_databricks.py: MLflow's own basic-auth
+  app needs Flask-WTF, which the test environment does not have.)
 
 Models here are named `hardening-*`: the shared stack's policy `hardening-compare` makes them
 compare a candidate for Production with the version holding it (conftest.POLICY).
@@ -10,12 +14,18 @@ compare a candidate for Production with the version holding it (conftest.POLICY)
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Stack
+from fake_databricks import FakeDatabricks
+from harness import wait_until
 from mlflow.exceptions import MlflowException
 
 pytestmark = pytest.mark.integration
@@ -107,3 +117,119 @@ def test_compare_to_fails_closed_when_the_holders_metric_is_nan(stack: Stack) ->
         f"in run {run_id}, not a usable number"
     ) in tags["governance.reason"]
     assert stack.client.get_model_version(model, better).current_stage == "None"
+
+
+# --- 403 on a run: dead-lettered, then replayed ---------------------------------------------------
+
+DBX_TOKEN = "dapi-hardening-token"
+DBX_SECRET = "dbx-hardening-secret"
+DBX_POLICY = """
+policies:
+  - name: production
+    targets: [Production]
+    rules:
+      - metric: validation_accuracy
+        min: 0.90
+      - compare_to: Production
+        metric: validation_accuracy
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FakeDatabricks]]:
+    """Redis, the receiver and a worker deciding for the fake workspace (no MLflow server)."""
+    fake = FakeDatabricks(DBX_TOKEN)
+    workdir: Path = tmp_path_factory.mktemp("hardening-databricks")
+    stack = Stack(workdir)
+    policy = workdir / "policy.yaml"
+    policy.write_text(DBX_POLICY)
+    stack.env.update(
+        {
+            "GATE_DATABRICKS_HOST": fake.url,
+            "GATE_DATABRICKS_TOKEN": DBX_TOKEN,
+            "GATE_DATABRICKS_WEBHOOK_SECRET": DBX_SECRET,
+            "GATE_POLICY_FILE": str(policy),
+            "GATE_REDRIVE_ENABLED": "false",
+            "GATE_WORKER_METRICS_PORT": "0",
+        }
+    )
+    try:
+        stack.start_redis()
+        stack.start_receiver()
+        stack.start_worker()
+        url = f"{stack.receiver_url}/webhooks/databricks"
+        stack.gate("webhook", "register", "--databricks", "--url", url)
+        yield stack, fake
+    finally:
+        stack.close()
+        fake.close()
+
+
+def dead_letters(stack: Stack, model: str) -> list[dict[str, Any]]:
+    listed = json.loads(stack.gate("dlq", "list", "--json", "--model", model).stdout)
+    return [dict(entry) for entry in listed]
+
+
+def wait_dead_letter(stack: Stack, model: str, version: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def lettered() -> bool:
+        found[:] = [e for e in dead_letters(stack, model) if e["version"] == version]
+        return bool(found)
+
+    wait_until(lettered, 60, interval=0.5, what=f"a dead letter for {model} v{version}")
+    (entry,) = found
+    return entry
+
+
+def test_a_run_the_gate_may_not_read_is_dead_lettered_then_replayed(
+    workspace: tuple[Stack, FakeDatabricks],
+) -> None:
+    stack, fake = workspace
+    model = f"hardening-{uuid.uuid4().hex[:6]}"
+    # Given a version whose run the gate's token may not read (403) asks for Production
+    fake.add_version(model, "1", creator="alice", metrics={"validation_accuracy": 0.95})
+    fake.forbidden_runs.add(fake.run_of(model, "1"))
+    fake.request_transition(model, "1", "Production", user="bob")
+    # Then it is dead-lettered, not decided: the request stays open, nothing is answered
+    entry = wait_dead_letter(stack, model, "1")
+    assert entry["error_class"] == "MlflowForbidden" and entry["transient"] is False
+    error = entry["error"]
+    assert f"cannot read run {fake.run_of(model, '1')} of version 1" in error
+    assert "Databricks answered 403 PERMISSION_DENIED" in error
+    assert "check GATE_DATABRICKS_TOKEN" in error and "mlflow-gate dlq replay <id>" in error
+    assert fake.calls_to("transition-requests/reject", model) == []
+    assert fake.calls_to("transition-requests/approve", model) == []
+    assert len(fake.open_requests(model, "1")) == 1
+    assert "MlflowForbidden" in stack.gate("dlq", "list", "--model", model).stdout
+    # When the permission is granted and the dead letter replayed
+    fake.forbidden_runs.clear()
+    stack.gate("dlq", "replay", entry["id"])
+    # Then the request is decided (approved: nobody held Production)
+    wait_until(
+        lambda: bool(fake.calls_to("transition-requests/approve", model)),
+        60,
+        what=f"the approval of {model} v1\n{stack.logs()}",
+    )
+    assert fake.stage_of(model, "1") == "Production"
+
+    # Given Production's holder's run becomes unreadable, and a version asks to replace it
+    fake.add_version(model, "2", creator="alice", metrics={"validation_accuracy": 0.97})
+    fake.forbidden_runs.add(fake.run_of(model, "1"))
+    fake.request_transition(model, "2", "Production", user="bob")
+    # Then that is dead-lettered too (one rule for every run), naming the holder's run
+    entry = wait_dead_letter(stack, model, "2")
+    assert f"cannot read run {fake.run_of(model, '1')} of version 1" in entry["error"]
+    assert fake.calls_to("transition-requests/reject", model) == []
+    assert fake.stage_of(model, "1") == "Production"
+    # When it is fixed and replayed, Then the comparison is made and the better version approved
+    fake.forbidden_runs.clear()
+    stack.gate("dlq", "replay", entry["id"])
+    wait_until(
+        lambda: fake.stage_of(model, "2") == "Production",
+        60,
+        what=f"the approval of {model} v2\n{stack.logs()}",
+    )
+    (approval,) = [c for c in fake.calls_to("transition-requests/approve", model)
+                   if c.body and c.body["version"] == "2"]  # fmt: skip
+    assert "not below current Production (version 1: 0.95)" in approval.body["comment"]

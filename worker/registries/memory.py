@@ -5,7 +5,7 @@ transport adapter: the gate's own REST client and MLflow registry run unchanged 
 fake at the HTTP boundary, passed in, never patched in). It behaves like MLflow where the gate
 depends on it: JSON shapes, 404 RESOURCE_DOES_NOT_EXIST, stage names matched case-insensitively,
 archiving on transition, paging, and the filters the gate sends. Faults are injected per endpoint
-(`fail`, `fail_connection`), and every call is logged (`calls`).
+(`fail`, `fail_connection`) or per run (`forbid_run`), and every call is logged (`calls`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from shared.policy import STAGES
-from worker.registries.mlflow import MlflowRegistry
-from worker.rest import RestClient, Service
+from shared.settings import Settings
+from worker.registries.mlflow import MlflowRegistry, service
+from worker.rest import RestClient
 
 Json = dict[str, Any]
 BASE_URL = "http://in-memory-mlflow"
@@ -75,6 +76,7 @@ class InMemoryMlflow(BaseAdapter):
         self.calls: list[tuple[str, str]] = []
         self.tag_keys_written: list[str] = []  # version tags set over HTTP, in order
         self._faults: dict[tuple[str, str], list[Exception]] = {}
+        self._forbidden_runs: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._routes: dict[tuple[str, str], Callable[[Json], Json]] = {
             ("GET", f"{API}/registered-models/get"): self._get_model,
@@ -119,6 +121,11 @@ class InMemoryMlflow(BaseAdapter):
     def fail(self, method: str, path: str, status: int, code: str, times: int = 1) -> None:
         error = MlflowError(status, code, f"injected {status} {code}")
         self._faults.setdefault((method, path), []).extend([error] * times)
+
+    def forbid_run(self, run_id: str, status: int = 403) -> None:
+        """Refuse the gate this run from now on, as MLflow's auth refuses a run in an experiment
+        the gate's account may not read (403), or credentials it does not accept (401)."""
+        self._forbidden_runs[run_id] = status
 
     def fail_connection(self, method: str, path: str, times: int = 1) -> None:
         error = requests.ConnectionError("injected: connection refused")
@@ -185,6 +192,11 @@ class InMemoryMlflow(BaseAdapter):
         }
 
     def _get_run(self, args: Json) -> Json:
+        status = self._forbidden_runs.get(_arg(args, "run_id"))
+        if status == 401:
+            raise MlflowError(401, "UNAUTHENTICATED", "Unauthenticated")
+        if status is not None:
+            raise MlflowError(status, "PERMISSION_DENIED", "Permission denied")
         run = self.runs.get(_arg(args, "run_id"))
         if run is None:
             raise MlflowError(404, NOT_FOUND, f"Run '{args['run_id']}' not found")
@@ -253,9 +265,9 @@ class InMemoryRegistry(MlflowRegistry):
     """The open-source MLflow registry, unchanged, over an in-memory MLflow."""
 
     def __init__(self, mlflow: InMemoryMlflow) -> None:
-        service = Service(name="MLflow", base_url=BASE_URL, timeout=1.0,
-                          down_hint="check that the tracking server is up")  # fmt: skip
-        super().__init__(RestClient(service, session=mlflow.session()))
+        # The service the gate builds from its settings (names, hints), over the in-memory one.
+        settings = Settings(mlflow_tracking_uri=BASE_URL, mlflow_timeout_seconds=1.0)
+        super().__init__(RestClient(service(settings), session=mlflow.session()))
 
 
 # The filters the gate sends, read as MLflow reads them: clauses joined by AND, each one of
