@@ -35,6 +35,7 @@ from cli.devstack import (
 )
 from shared.errors import ConfigError
 from shared.settings import Settings
+from shared.urls import redacted
 
 
 @dataclass
@@ -140,8 +141,9 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
 
         sup.start("worker", f"metrics on :{settings.worker_metrics_port}",
                   [*gate, "worker", "--beat"], gate_env)  # fmt: skip
-        live = replace(settings, mlflow_tracking_uri=mlflow_uri, redis_url=redis_url,
-                       webhook_secret=secret)  # fmt: skip
+        live = replace(settings, redis_url=redis_url, webhook_secret=secret).with_tracking_uri(
+            mlflow_uri
+        )
         _wait("the worker", lambda: bool(_celery_ping(live)), sup)
 
         user = settings.flower_user or "admin"
@@ -226,13 +228,13 @@ def _print_summary(
     echo("mlflow-gate is up:")
     for s in sup.services:
         pid = f"pid {s.process.pid}" if s.process is not None else "already running"
-        echo(f"  {s.name:9} {s.url}  ({pid})")
+        echo(f"  {s.name:9} {redacted(s.url)}  ({pid})")
     echo(f"  Flower login: {flower_auth[0]} / {flower_auth[1]}")
     echo(f"  data and logs: {data}")
     echo("")
     echo("Next:")
     echo(f"  export MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri} "
-         f"GATE_REDIS_URL={settings.redis_url}")  # fmt: skip
+         f"GATE_REDIS_URL={redacted(settings.redis_url)}")  # fmt: skip
     echo("  mlflow-gate demo          # a version that passes and one that fails, decided live")
     echo("  set the tag governance.request=champion on a model version, then read its")
     echo("  governance.status and governance.reason tags in the MLflow UI")

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -32,6 +31,7 @@ from shared.errors import (
     MlflowRequestError,
     MlflowUnavailable,
 )
+from shared.urls import redacted
 from worker.metrics import MLFLOW_SECONDS
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,6 @@ class Service:
     def shown_url(self) -> str:
         """The base URL without any password in it: safe for logs and dead letters."""
         return redacted(self.base_url)
-
-
-def redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _short_retry = retry(

@@ -7,6 +7,8 @@
   holder's, with what to fix; replayed with `mlflow-gate dlq replay` once fixed, it is decided.
   (Against the fake Databricks workspace of tests/fake_databricks.py: MLflow's own basic-auth
   app needs Flask-WTF, which the test environment does not have.)
+- Credentials in MLFLOW_TRACKING_URI are used, and shown nowhere: not in the processes' logs,
+  the CLI's output, dead letters (`mlflow-gate dlq`, /admin/dlq) or `mlflow-gate status`.
 
 Models here are named `hardening-*`: the shared stack's policy `hardening-compare` makes them
 compare a candidate for Production with the version holding it (conftest.POLICY).
@@ -18,12 +20,13 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Stack
+import requests
+from conftest import Stack, signed_headers
 from fake_databricks import FakeDatabricks
 from harness import wait_until
 from mlflow.exceptions import MlflowException
@@ -233,3 +236,74 @@ def test_a_run_the_gate_may_not_read_is_dead_lettered_then_replayed(
     (approval,) = [c for c in fake.calls_to("transition-requests/approve", model)
                    if c.body and c.body["version"] == "2"]  # fmt: skip
     assert "not below current Production (version 1: 0.95)" in approval.body["comment"]
+
+
+# --- credentials in MLFLOW_TRACKING_URI -----------------------------------------------------------
+
+URI_SECRET = "uri-s3cret-Pa55"
+ADMIN_TOKEN = "hardening-admin-token"
+
+
+def test_credentials_in_the_tracking_uri_are_used_and_shown_nowhere(
+    private_stack: Callable[..., Stack],
+) -> None:
+    # Given every gate process and command configured with the password inside the URL (the
+    # MLflow server ignores it; the gate must send it as basic auth and show it nowhere)
+    stack = private_stack()
+    port = stack.mlflow_uri.rsplit(":", 1)[1]
+    stack.env["MLFLOW_TRACKING_URI"] = f"http://gate:{URI_SECRET}@127.0.0.1:{port}"
+    stack.env["GATE_ADMIN_TOKEN"] = ADMIN_TOKEN
+    stack.start_redis()
+    stack.start_mlflow()
+    stack.start_receiver()
+    stack.start_worker()
+    shown: list[str] = []
+    registered = stack.gate("webhook", "register", "--url", f"{stack.receiver_url}/webhooks/mlflow")
+    shown.append(registered.stdout + registered.stderr)
+    assert f"at http://127.0.0.1:{port}:" in registered.stdout
+    # When a version is decided through them
+    model = stack.new_model()
+    version = str(stack.new_version(model, {"validation_accuracy": 0.95}).version)
+    stack.client.set_model_version_tag(model, version, REQUEST, "champion")
+    assert stack.wait_for_decision(model, version)["governance.status"] == "approved"
+    # And, MLflow down, an event is dead-lettered after its retries
+    stack.stop("mlflow")
+    body = json.dumps(
+        {"entity": "model_version_tag", "action": "set", "timestamp": "now",
+         "data": {"name": model, "version": version, "key": REQUEST, "value": "champion"}}
+    ).encode()  # fmt: skip
+    delivery = str(uuid.uuid4())
+    accepted = requests.post(
+        f"{stack.receiver_url}/webhooks/mlflow", data=body, headers=signed_headers(body, delivery),
+        timeout=10,
+    )  # fmt: skip
+    assert accepted.status_code == 202
+    wait_until(
+        lambda: bool(json.loads(stack.gate("dlq", "list", "--json").stdout)),
+        60, interval=0.5, what=f"a dead letter\n{stack.logs()}",
+    )  # fmt: skip
+    (entry,) = json.loads(stack.gate("dlq", "list", "--json").stdout)
+    assert entry["error_class"] == "MlflowUnavailable"
+    assert f"MLflow at http://127.0.0.1:{port} did not answer" in entry["error"]
+    # Then the password is in no output, dead letter, status or log
+    shown.append(stack.gate("dlq", "list").stdout)
+    shown.append(stack.gate("dlq", "show", entry["id"]).stdout)
+    admin = requests.get(
+        f"{stack.receiver_url}/admin/dlq",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    assert admin.ok and admin.json()["dead_letters"]
+    shown.append(admin.text)
+    status = stack.gate("status", check=False)
+    assert status.returncode == 1 and f"mlflow    DOWN  http://127.0.0.1:{port}" in status.stdout
+    shown.append(status.stdout + status.stderr)
+    shown.append(stack.gate("status", "--json", check=False).stdout)
+    shown.extend(
+        proc.log_path.read_text(errors="replace")
+        for name, proc in stack.processes.items()
+        if name in ("receiver", "worker")
+    )
+    assert all(text for text in shown)
+    leaks = [text for text in shown if URI_SECRET in text]
+    assert not leaks, leaks[0][:2000]
