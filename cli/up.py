@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ import requests
 
 from cli.devstack import (
     ManagedProcess,
+    flower_command,
     free_port,
     gate_command,
     http_ok,
@@ -152,9 +152,8 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
         )
         port = free_port(options.flower_port)
         flower_url = f"http://127.0.0.1:{port}"
-        sup.start("flower", flower_url, [sys.executable, "-m", "celery", "--broker", redis_url,
-                  "flower", f"--port={port}", "--address=127.0.0.1",
-                  f"--basic-auth={user}:{password}"], env)  # fmt: skip
+        argv, flower_env = flower_command(redis_url, port, (user, password), env)
+        sup.start("flower", flower_url, argv, flower_env)
         _wait("Flower", lambda: http_ok(f"{flower_url}/healthcheck", (user, password)), sup)
 
         from cli.webhooks import register
