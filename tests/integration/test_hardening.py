@@ -307,3 +307,28 @@ def test_credentials_in_the_tracking_uri_are_used_and_shown_nowhere(
     assert all(text for text in shown)
     leaks = [text for text in shown if URI_SECRET in text]
     assert not leaks, leaks[0][:2000]
+
+    # And with Redis down, the receiver's 503 says what to do without Redis' error text (which
+    # names its host), and the admin API too; the receiver's log has the detail
+    stack.stop("redis")
+    redis_address = f"127.0.0.1:{stack.redis_port}"
+    refused = requests.post(
+        f"{stack.receiver_url}/webhooks/mlflow", data=body,
+        headers=signed_headers(body, str(uuid.uuid4())), timeout=10,
+    )  # fmt: skip
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert refused.json()["message"] == (
+        "the gate's queue (Redis) did not answer; the event was not accepted, retry later"
+    )
+    listed = requests.get(
+        f"{stack.receiver_url}/admin/dlq",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    assert listed.status_code == 503 and "GATE_REDIS_URL" in listed.json()["message"]
+    for answer in (refused, listed):
+        assert redis_address not in answer.text and "Connection refused" not in answer.text
+    wait_until(
+        lambda: redis_address in stack.processes["receiver"].log_tail(20_000),
+        10, what="the detail in the receiver's log",
+    )  # fmt: skip
