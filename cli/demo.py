@@ -3,8 +3,10 @@ the gate, each outcome printed as it happens with its reason."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from mlflow import MlflowClient
 
@@ -15,6 +17,29 @@ DEMO_METRICS = {"passes": 0.95, "fails": 0.72}
 
 
 def demo(settings: Settings, echo: Callable[[str], None], timeout: float = 90) -> int:
+    with _credentials(settings):
+        return _demo(settings, echo, timeout)
+
+
+@contextlib.contextmanager
+def _credentials(settings: Settings) -> Iterator[None]:
+    """MLflow's client takes its credentials from the environment alone: lend it the gate's
+    (those of MLFLOW_TRACKING_URI's user:password@ among them) for the demo's duration."""
+    lent = {
+        "MLFLOW_TRACKING_TOKEN": settings.mlflow_token,
+        "MLFLOW_TRACKING_USERNAME": settings.mlflow_username,
+        "MLFLOW_TRACKING_PASSWORD": settings.mlflow_password,
+    }
+    added = {k: v for k, v in lent.items() if v and k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _demo(settings: Settings, echo: Callable[[str], None], timeout: float) -> int:
     uri = settings.mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     model = f"demo-classifier-{time.strftime('%Y%m%d-%H%M%S')}"

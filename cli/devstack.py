@@ -380,3 +380,28 @@ def start_mlflow_server(
         lambda: http_ok(f"{url}/health"), MLFLOW_START_TIMEOUT, f"mlflow server at {url}", 0.25
     )
     return proc, url
+
+
+# -- Flower ------------------------------------------------------------------------------------
+
+
+def flower_command(
+    broker_url: str, port: int, login: tuple[str, str], env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of Flower on 127.0.0.1:`port`, behind basic auth with `login`.
+
+    The login and the broker URL (which may hold Redis' password) go in the environment
+    (FLOWER_BASIC_AUTH, CELERY_BROKER_URL), never on the command line, which any user of the
+    machine can read (`ps`, /proc/<pid>/cmdline).
+    """
+    user, password = login
+    if "," in user + password or ":" in user:
+        # Flower splits FLOWER_BASIC_AUTH into several logins at commas: "pa,ss" would let in
+        # anyone sending "ss". A colon in the user name makes the login ambiguous.
+        raise ConfigError(
+            "GATE_FLOWER_USER and GATE_FLOWER_PASSWORD may not contain a comma, nor the user a "
+            "colon: Flower would not read the login as one; choose others"
+        )
+    argv = [sys.executable, "-m", "celery", "flower", f"--port={port}", "--address=127.0.0.1"]
+    flower_env = {**env, "CELERY_BROKER_URL": broker_url, "FLOWER_BASIC_AUTH": f"{user}:{password}"}
+    return argv, flower_env

@@ -90,8 +90,8 @@ def worker(concurrency: int, pool: str, beat: bool) -> None:
     from shared.ledger import Ledger
     from shared.policy import load_policies
     from shared.queue import create_celery
+    from shared.urls import redacted
     from worker import metrics, runtime
-    from worker.rest import redacted
 
     policies = load_policies(settings.policy_file)
     with Ledger(settings.database_url) as ledger:  # migrated before the children fork

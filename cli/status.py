@@ -13,14 +13,14 @@ from shared.errors import GateError
 from shared.ledger import Ledger
 from shared.queue import create_celery
 from shared.settings import Settings
+from shared.urls import redacted, scrubbed
 from worker.registries import open_source
-from worker.rest import redacted
 
 
 def gather_status(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=2)
     status: dict[str, Any] = {
-        "redis": {"url": settings.redis_url, "reachable": False},
+        "redis": {"url": redacted(settings.redis_url), "reachable": False},
         "mlflow": {
             "url": redacted(settings.mlflow_tracking_uri),
             "reachable": open_source(settings).healthy(),
@@ -33,7 +33,7 @@ def gather_status(settings: Settings) -> dict[str, Any]:
         pipe.zcard(keys.DEADLETTER_INDEX)
         queued, in_flight, dead = pipe.execute()
     except redis.RedisError as exc:
-        status["redis"]["error"] = str(exc)
+        status["redis"]["error"] = scrubbed(str(exc))
         status["workers"] = []
         status["ok"] = False
         return status

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ import requests
 
 from cli.devstack import (
     ManagedProcess,
+    flower_command,
     free_port,
     gate_command,
     http_ok,
@@ -33,8 +33,10 @@ from cli.devstack import (
     stop_all,
     wait_until,
 )
+from shared.database_url import hide_password
 from shared.errors import ConfigError
 from shared.settings import Settings
+from shared.urls import redacted
 
 
 @dataclass
@@ -141,8 +143,9 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
 
         sup.start("worker", f"metrics on :{settings.worker_metrics_port}",
                   [*gate, "worker", "--beat"], gate_env)  # fmt: skip
-        live = replace(settings, mlflow_tracking_uri=mlflow_uri, redis_url=redis_url,
-                       webhook_secret=secret)  # fmt: skip
+        live = replace(settings, redis_url=redis_url, webhook_secret=secret).with_tracking_uri(
+            mlflow_uri
+        )
         _wait("the worker", lambda: bool(_celery_ping(live)), sup)
 
         user = settings.flower_user or "admin"
@@ -151,9 +154,8 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
         )
         port = free_port(options.flower_port)
         flower_url = f"http://127.0.0.1:{port}"
-        sup.start("flower", flower_url, [sys.executable, "-m", "celery", "--broker", redis_url,
-                  "flower", f"--port={port}", "--address=127.0.0.1",
-                  f"--basic-auth={user}:{password}"], env)  # fmt: skip
+        argv, flower_env = flower_command(redis_url, port, (user, password), env)
+        sup.start("flower", flower_url, argv, flower_env)
         _wait("Flower", lambda: http_ok(f"{flower_url}/healthcheck", (user, password)), sup)
 
         from cli.webhooks import register
@@ -227,14 +229,14 @@ def _print_summary(
     echo("mlflow-gate is up:")
     for s in sup.services:
         pid = f"pid {s.process.pid}" if s.process is not None else "already running"
-        echo(f"  {s.name:9} {s.url}  ({pid})")
+        echo(f"  {s.name:9} {redacted(s.url)}  ({pid})")
     echo(f"  Flower login: {flower_auth[0]} / {flower_auth[1]}")
     echo(f"  data and logs: {data}")
     echo("")
     echo("Next:")
     echo(f"  export MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri} "
-         f"GATE_REDIS_URL={settings.redis_url} "
-         f"GATE_DATABASE_URL={ledger_url(data, os.environ)}")  # fmt: skip
+         f"GATE_REDIS_URL={redacted(settings.redis_url)} "
+         f"GATE_DATABASE_URL={hide_password(ledger_url(data, os.environ))}")  # fmt: skip
     echo("  mlflow-gate audit         # the ledger: every decision, newest first")
     echo("  mlflow-gate demo          # a version that passes and one that fails, decided live")
     echo("  set the tag governance.request=champion on a model version, then read its")

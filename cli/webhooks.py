@@ -9,6 +9,7 @@ from shared import databricks
 from shared.errors import ConfigError
 from shared.events import SUBSCRIBED
 from shared.settings import Settings
+from shared.urls import redacted
 from worker.registries import open_source, workspace_client
 from worker.registries.databricks import create_registry_webhook, registry_webhooks
 
@@ -46,7 +47,7 @@ def register(settings: Settings, *, url: str, name: str) -> str:
         verb = "created"
     return (
         f"{verb} webhook '{name}' (id {hook.get('webhook_id')}) at "
-        f"{settings.mlflow_tracking_uri}: {url} for {', '.join(SUBSCRIBED)}, signed with "
+        f"{redacted(settings.mlflow_tracking_uri)}: {url} for {', '.join(SUBSCRIBED)}, signed with "
         "GATE_WEBHOOK_SECRET"
     )
 
@@ -88,7 +89,7 @@ def register_workspace(settings: Settings, *, url: str, model: str | None) -> st
         spec["model_name"] = model
     hook = create_registry_webhook(rest, spec)
     return (
-        f"created registry webhook {hook.get('id')} on {section.host} for {where}: "
+        f"created registry webhook {hook.get('id')} on {redacted(section.host or '')} for {where}: "
         f"{url} for {', '.join(databricks.SUBSCRIBED)}, signed with "
         "GATE_DATABRICKS_WEBHOOK_SECRET"
     )

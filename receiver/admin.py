@@ -7,6 +7,7 @@ more by default.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from dataclasses import asdict
 
@@ -17,6 +18,9 @@ from shared.deadletter import DeadLetterStore, replay, select
 from shared.durations import since_timestamp
 from shared.errors import ConfigError
 from shared.queue import Publish
+from shared.urls import scrubbed
+
+log = logging.getLogger(__name__)
 
 
 def admin_blueprint(token: str, store: DeadLetterStore, publish: Publish) -> Blueprint:
@@ -65,9 +69,11 @@ def admin_blueprint(token: str, store: DeadLetterStore, publish: Publish) -> Blu
             ids = [e.id for e in chosen]
         report = replay(store, publish, ids, dry_run=dry_run)
         status = 200 if not report.failed else 503
+        for entry_id, why in report.failed:
+            log.warning("admin: dead letter %s not replayed: %s", entry_id, scrubbed(why))
         return jsonify(
             replayed=report.replayed,
-            failed=[{"id": i, "error": why} for i, why in report.failed],
+            failed=[{"id": i, "error": _not_enqueued(why)} for i, why in report.failed],
             not_found=report.missing,
             dry_run=dry_run,
             summary=report.summary(dry_run),
@@ -75,10 +81,22 @@ def admin_blueprint(token: str, store: DeadLetterStore, publish: Publish) -> Blu
 
     @admin.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError) -> tuple[Response, int]:
-        body = {"status": "unavailable", "message": f"Redis did not answer: {exc}; retry later"}
-        return jsonify(body), 503
+        # Redis' error text can name hosts or carry credentials: it goes to the log only.
+        log.warning("admin: Redis did not answer: %s: %s", type(exc).__name__, scrubbed(str(exc)))
+        message = (
+            f"Redis did not answer ({type(exc).__name__}); check that the Redis at "
+            "GATE_REDIS_URL is up (the receiver's log has the detail), then retry"
+        )
+        return jsonify({"status": "unavailable", "message": message}), 503
 
     return admin
+
+
+def _not_enqueued(why: str) -> str:
+    """A failed replay's reason for the caller: the error's class, not its text (which can name
+    hosts); the log has the rest."""
+    kind = why.partition(":")[0].strip() or "error"
+    return f"{kind}: the event could not be enqueued; check Redis, then retry"
 
 
 def _bad(message: str) -> tuple[Response, int]:

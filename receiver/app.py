@@ -17,6 +17,7 @@ from receiver.webhooks import add_webhook_route
 from shared.deadletter import DeadLetterStore
 from shared.queue import Publish, create_celery, publisher
 from shared.settings import Settings
+from shared.urls import scrubbed
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def _health_blueprint(client: redis.Redis) -> Blueprint:
         try:
             client.ping()
         except redis.RedisError as exc:
-            # The error text can name hosts or carry credentials: it goes to the log only.
-            log.warning("not ready: Redis did not answer: %s", exc)
+            # The error text can name hosts or carry credentials: it goes to the log only,
+            # without any password.
+            log.warning("not ready: Redis did not answer: %s", scrubbed(str(exc)))
             return jsonify(status="unavailable", redis="unreachable"), 503
         return jsonify(status="ok", redis="ok"), 200
 

@@ -11,6 +11,7 @@ from shared import keys
 from shared.errors import TransientError
 from shared.events import GateEvent
 from shared.queue import Publish
+from shared.urls import scrubbed
 
 _PENDING = b"pending"
 
@@ -21,7 +22,15 @@ class Accepted(str, Enum):
 
 
 class QueueUnavailable(TransientError):
-    """Redis could not take the event: answer 503 so that the sender retries."""
+    """Redis could not take the event: answer 503 so that the sender retries.
+
+    Its message is what the sender is told; `detail`, the underlying error's text (which can
+    name hosts), is for the receiver's log alone, with any password in it hidden.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.detail = scrubbed(f"{type(cause).__name__}: {cause}") if cause is not None else ""
 
 
 class Intake:
@@ -44,12 +53,12 @@ class Intake:
                     raise QueueUnavailable("the same delivery is being enqueued; retry shortly")
                 return Accepted.DUPLICATE
         except redis.RedisError as exc:
-            raise QueueUnavailable(f"Redis did not answer: {exc}") from exc
+            raise QueueUnavailable("the gate's queue (Redis) did not answer", exc) from exc
         try:
             self.publish(event.to_dict())
         except Exception as exc:
             self._release(marker)
-            raise QueueUnavailable(f"the event could not be enqueued: {exc}") from exc
+            raise QueueUnavailable("the gate's queue could not take the event", exc) from exc
         # Enqueued already: acknowledge it even if this fails. The pending marker then expires on
         # its own, and a resend is a harmless duplicate (the worker reconciles current state).
         with contextlib.suppress(redis.RedisError):

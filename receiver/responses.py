@@ -46,7 +46,7 @@ def admit(
         try:
             accepted = intake.accept(event)
         except QueueUnavailable as exc:
-            log.error("not accepted: %s", exc)
+            log.error("not accepted: %s%s", exc, f" ({exc.detail})" if exc.detail else "")
             response, status = answer(
                 503, "unavailable", f"{exc}; the event was not accepted, retry later", event_id
             )

@@ -8,7 +8,8 @@
     │   └── MlflowUnavailable  connection error, timeout, 5xx or 429 from MLflow
     └── PermanentError         retrying will not help: dead-letter at once
         └── MlflowRequestError MLflow refused the call (4xx other than 429)
-            └── MlflowNotFound the model, version, run or alias does not exist
+            ├── MlflowNotFound the model, version, run or alias does not exist
+            └── MlflowForbidden the gate's credentials (401) or permissions (403) are at fault
 
 Every message says what went wrong and what to do about it.
 """
@@ -55,3 +56,11 @@ class MlflowRequestError(PermanentError):
 
 class MlflowNotFound(MlflowRequestError):
     """The model, version, run or alias asked for does not exist."""
+
+
+class MlflowForbidden(MlflowRequestError):
+    """MLflow refused the gate's credentials (401) or its account's permissions (403).
+
+    A problem of the gate's configuration, never a fact about a version: an event that meets it
+    is dead-lettered (not decided), to be replayed once the credentials or permissions are fixed.
+    """

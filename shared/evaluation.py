@@ -1,7 +1,8 @@
 """Policy evaluation: facts in, decision out. No I/O, no clock, no MLflow.
 
-A missing metric, a version without a run, or a run that could not be read is a failed check with
-its own reason, never a pass.
+A missing or non-finite metric, a version without a run, or a run that could not be read is a
+failed check with its own reason, never a pass: the candidate's, and for compare_to the current
+holder's (a comparison that cannot be made fails closed).
 """
 
 from __future__ import annotations
@@ -293,18 +294,15 @@ def _compare_check(rule: CompareRule, facts: Facts, policy: str, enforced: bool)
         message = f"{who} holds {rule.compare_to} yet, nothing to compare {rule.metric} against"
         return Check(policy, name, True, value, "no current holder", message, enforced)
     held, held_problem = _metric_value(holder, rule.metric)
-    if held is None:
-        message = f"current {rule.compare_to} (version {holder.version}): {held_problem}"
-        required = f"{rule.metric} on both versions"
-        return Check(
-            policy,
-            name,
-            value is not None,
-            value,
-            required,
-            message if value is not None else problem,
-            enforced,
+    if held is None:  # fail closed: what cannot be compared is not approved
+        message = (
+            f"cannot compare with current {rule.compare_to} (version {holder.version}): "
+            f"{held_problem}; {_measure_holder(holder, rule)}, then request again"
         )
+        if value is None:
+            message = f"{problem}; and {message}"
+        required = f"{rule.metric} on both versions"
+        return Check(policy, name, False, value, required, message, enforced)
     bound = held + delta
     required = f"{sign} {_num(bound)} (version {holder.version} has {_num(held)})"
     if value is None:
@@ -321,6 +319,16 @@ def _compare_check(rule: CompareRule, facts: Facts, policy: str, enforced: bool)
         + ")"
     )
     return Check(policy, name, passed, value, required, message, enforced)
+
+
+def _measure_holder(holder: VersionFacts, rule: CompareRule) -> str:
+    """What makes the holder of a compared target measurable again."""
+    elsewhere = f"or put {rule.compare_to} on a version whose run has it"
+    if holder.run_id is None or holder.run is None:
+        return f"put {rule.compare_to} on a version whose run has a finite {rule.metric}"
+    return (
+        f"log a finite {rule.metric} on run {holder.run_id} of version {holder.version} {elsewhere}"
+    )
 
 
 def _num(value: float) -> str:

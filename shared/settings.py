@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from shared import database_url
 from shared.errors import ConfigError
+from shared.urls import redacted, split_credentials
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -26,9 +27,9 @@ class DatabricksSettings:
     requests, registry webhooks). Absent from Settings when none of its variables is set."""
 
     host: str | None = None  # None: the workers do not talk to a workspace
-    token: str | None = None
-    webhook_secret: str | None = None
-    webhook_authorization: str | None = None
+    token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_authorization: str | None = field(default=None, repr=False)
 
     @property
     def has_workspace(self) -> bool:
@@ -42,14 +43,17 @@ class DatabricksSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    # Secrets, and URLs that may hold one, are kept out of repr.
+    # The tracking server's URL, without credentials: user:password@ in MLFLOW_TRACKING_URI is
+    # taken out of it into mlflow_username and mlflow_password (see with_tracking_uri).
     mlflow_tracking_uri: str = "http://localhost:5000"
-    mlflow_token: str | None = None
+    mlflow_token: str | None = field(default=None, repr=False)
     mlflow_username: str | None = None
-    mlflow_password: str | None = None
+    mlflow_password: str | None = field(default=None, repr=False)
     mlflow_insecure_tls: bool = False
     mlflow_timeout_seconds: float = 10.0
-    redis_url: str = "redis://localhost:6379/0"
-    webhook_secret: str | None = None
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
     allow_unsigned: bool = False
     policy_file: Path | None = None
     # 16 attempts, 10 s doubling up to 300 s: about 55 minutes of MLflow outage ridden out.
@@ -61,8 +65,8 @@ class Settings:
     log_format: str = "auto"  # json | text | auto (text on a terminal)
     worker_metrics_port: int = 9808  # 0: no metrics endpoint on the worker
     flower_user: str | None = None
-    flower_password: str | None = None
-    admin_token: str | None = None
+    flower_password: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     # A message redelivered this often because its worker died is dead-lettered (poison).
     max_deliveries: int = 5
     redrive_enabled: bool = True
@@ -84,7 +88,6 @@ class Settings:
         env = os.environ if environ is None else environ
         read = _Reader(env, {f.name: f.default for f in fields(cls)})
         settings = cls(
-            mlflow_tracking_uri=read.text("MLFLOW_TRACKING_URI", "mlflow_tracking_uri").rstrip("/"),
             mlflow_token=read.optional("MLFLOW_TRACKING_TOKEN"),
             mlflow_username=read.optional("MLFLOW_TRACKING_USERNAME"),
             mlflow_password=read.optional("MLFLOW_TRACKING_PASSWORD"),
@@ -124,9 +127,31 @@ class Settings:
             ),
             databricks=_workspace(read),
             database_url=read.text("GATE_DATABASE_URL", "database_url").strip(),
-        )
+        ).with_tracking_uri(read.text("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
         _check(settings)
         return settings
+
+    def with_tracking_uri(self, uri: str) -> Settings:
+        """These settings for the tracking server at `uri`, whose credentials (`user:password@`)
+        are taken out of the URL, so that it can be shown and logged as it is, into
+        mlflow_username and mlflow_password; MLFLOW_TRACKING_USERNAME and _PASSWORD, when both
+        are set, come first (as they did when the URL was sent with its credentials)."""
+        clean, user, password = split_credentials(uri.strip())
+        clean = clean.rstrip("/")
+        if user is None and password is None:
+            return replace(self, mlflow_tracking_uri=clean)
+        if not user or not password:
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI={redacted(uri)!r} holds a user name without a password (or "
+                "a password without a user name); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead, and the URL without "
+                "them"
+            )
+        if self.mlflow_username and self.mlflow_password:
+            return replace(self, mlflow_tracking_uri=clean)
+        return replace(
+            self, mlflow_tracking_uri=clean, mlflow_username=user, mlflow_password=password
+        )
 
     def require_webhook_secret(self) -> None:
         """The receiver refuses to start without a secret, unless unsigned mode is asked for.
@@ -160,8 +185,8 @@ def _workspace(read: _Reader) -> DatabricksSettings | None:
         return None
     if host is not None and not host.startswith(("http://", "https://")):
         raise ConfigError(
-            f"GATE_DATABRICKS_HOST={host!r} is not an http(s) URL; give the workspace URL, "
-            "e.g. https://adb-1234567890123456.7.azuredatabricks.net"
+            f"GATE_DATABRICKS_HOST={redacted(host)!r} is not an http(s) URL; give the workspace "
+            "URL, e.g. https://adb-1234567890123456.7.azuredatabricks.net"
         )
     if host is not None and not section.token:
         raise ConfigError(
@@ -174,8 +199,8 @@ def _workspace(read: _Reader) -> DatabricksSettings | None:
 def _check(settings: Settings) -> None:
     if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
         raise ConfigError(
-            f"MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri!r} is not an http(s) URL; "
-            "point it at the MLflow tracking server, e.g. http://localhost:5000"
+            f"MLFLOW_TRACKING_URI={redacted(settings.mlflow_tracking_uri)!r} is not an http(s) "
+            "URL; point it at the MLflow tracking server, e.g. http://localhost:5000"
         )
     if settings.retry_backoff_max_seconds < settings.retry_backoff_seconds:
         raise ConfigError(

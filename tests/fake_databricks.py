@@ -1,7 +1,8 @@
 """A fake Databricks workspace: the MLflow REST endpoints of the workspace model registry that
 the gate uses, over real HTTP on loopback, strict the way the real API is strict.
 
-- Every request needs `Authorization: Bearer <token>` (else 401, as Databricks answers).
+- Every request needs `Authorization: Bearer <token>` (else 401, as Databricks answers); a run
+  in `forbidden_runs` is refused with 403 PERMISSION_DENIED, as for a principal without access.
 - Bodies are type-checked: a missing `archive_existing_versions`, a version sent as a number, a
   boolean sent as a string are refused with 400 INVALID_PARAMETER_VALUE.
 - Approving or rejecting a request that is not open is refused with 404 RESOURCE_DOES_NOT_EXIST.
@@ -19,6 +20,7 @@ Every call is recorded in `calls` (method, path, params, body) for the tests to 
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import hmac
@@ -90,6 +92,8 @@ class FakeDatabricks:
         self.token = token
         self.down = False  # answer 503 to everything (a workspace outage)
         self.page_limit: int | None = None  # a server-side cap on every listing page
+        # Runs the token may not read (403), as in an experiment its principal has no access to.
+        self.forbidden_runs: set[str] = set()
         self.state = Workspace()
         self.calls: list[Call] = []
         self.deliveries: list[Delivery] = []
@@ -202,6 +206,10 @@ class FakeDatabricks:
                 "MODEL_VERSION_TRANSITIONED_STAGE", model, version, stage, before
             )
         return self.fire(payload)
+
+    def run_of(self, model: str, version: str) -> str:
+        with self.lock:
+            return str(self.state.versions[(model, version)]["run_id"])
 
     def stage_of(self, model: str, version: str) -> str:
         with self.lock:
@@ -321,11 +329,8 @@ class FakeDatabricks:
         return {"model_version": dict(self._version(name, version))}
 
     def _search_versions(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
-        text = _param(params, "filter")
-        if not (text.startswith("name='") and text.endswith("'")):
-            raise ApiError(400, "INVALID_PARAMETER_VALUE", f"unsupported filter {text!r}")
-        name = text[len("name='") : -1].replace("\\'", "'")
-        found = [dict(mv) for (n, _), mv in self.state.versions.items() if n == name]
+        names = _names_in_filter(_param(params, "filter"))
+        found = [dict(mv) for (n, _), mv in self.state.versions.items() if n in names]
         return self._page(params, "model_versions", found, default=10_000, maximum=10_000)
 
     def _list_models(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
@@ -379,6 +384,12 @@ class FakeDatabricks:
         return answer
 
     def _get_run(self, params: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
+        if params.get("run_id") in self.forbidden_runs:
+            raise ApiError(
+                403,
+                "PERMISSION_DENIED",
+                f"User does not have permission 'View' on run {params['run_id']}",
+            )
         run = self.state.runs.get(_param(params, "run_id"))
         if run is None:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", "Run not found")
@@ -469,6 +480,25 @@ class FakeDatabricks:
             if model is None or h.get("model_name") == model
         ]
         return {"webhooks": hooks}
+
+
+def _names_in_filter(text: str) -> tuple[str, ...]:
+    """The model names of a `name='...'` or `name IN (...)` filter, read as MLflow's parser reads
+    them: the text between the quotes of `name='...'` as it is (no escape is undone), the list
+    after IN as a Python literal (ast.literal_eval). Any other filter is refused."""
+    text = text.strip()
+    if text.startswith("name='") and text.endswith("'") and len(text) > len("name='"):
+        return (text[len("name='") : -1],)
+    head, _, rest = text.partition(" IN ")
+    if head.strip() == "name" and rest.strip().startswith("("):
+        try:
+            parsed = ast.literal_eval(rest.strip())
+        except (SyntaxError, ValueError):
+            parsed = None
+        names = parsed if isinstance(parsed, tuple) else (parsed,)
+        if all(isinstance(n, str) for n in names):
+            return tuple(str(n) for n in names)
+    raise ApiError(400, "INVALID_PARAMETER_VALUE", f"unsupported filter {text!r}")
 
 
 def _param(params: dict[str, str], key: str) -> str:

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 Keep = Callable[[], None]
 
+# Events that stand for an event owed, not a new request: the sweep's, and replays (of dead
+# letters): they decide a request only if the ledger has not decided it already.
+_OWED_ONLY = (Origin.SWEEP, Origin.REPLAY)
+
 # The policy name an operator's rollback is recorded under (no policy is evaluated).
 ROLLBACK_POLICY = "operator-rollback"
 
@@ -134,7 +138,7 @@ class Pipeline:
         registry, event = turn.registry, turn.event
         asked = Target.parse(event.target) if event.target else None
         request = registry.request(event.model, version, asked)
-        if request is None or (event.origin is Origin.SWEEP and self._decided(turn, request)):
+        if request is None or (event.origin in _OWED_ONLY and self._decided(turn, request)):
             return self._not_open(turn, version, asked)
         target = request.target
         policies = self.policies.covering(event.model, target)
@@ -151,7 +155,7 @@ class Pipeline:
     def _not_open(self, turn: _Turn, version: str, target: Target | None) -> str:
         model = turn.event.model
         where = f" to {target}" if target else ""
-        if turn.event.origin is Origin.SWEEP:
+        if turn.event.origin in _OWED_ONLY:
             return f"{model} v{version}: its request{where} was decided meanwhile"
         reason = (
             f"The request of version {version}{where} is no longer open (approved, rejected or "

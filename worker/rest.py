@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -26,7 +25,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from shared.errors import MlflowNotFound, MlflowRequestError, MlflowUnavailable
+from shared.errors import (
+    MlflowForbidden,
+    MlflowNotFound,
+    MlflowRequestError,
+    MlflowUnavailable,
+)
+from shared.urls import redacted
 from worker.metrics import MLFLOW_SECONDS
 
 log = logging.getLogger(__name__)
@@ -53,15 +58,6 @@ class Service:
         return redacted(self.base_url)
 
 
-def redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 _short_retry = retry(
     retry=retry_if_exception_type(MlflowUnavailable),
     stop=stop_after_attempt(3),
@@ -72,10 +68,15 @@ _short_retry = retry(
 
 # What an error answer means, by status: (the error to raise, what to tell the operator).
 # Anything else 4xx is a plain MlflowRequestError; anything 5xx is MlflowUnavailable.
+_REPLAY = "then replay the event with `mlflow-gate dlq replay <id>` (or run the command again)"
 _BY_STATUS: dict[int, tuple[type[MlflowRequestError] | None, str]] = {
     429: (None, "the gate retries with backoff"),
-    401: (MlflowRequestError, "{credentials}, then replay the event"),
-    403: (MlflowRequestError, "{credentials}, then replay the event"),
+    401: (MlflowForbidden, "the gate's credentials were refused: {credentials}, " + _REPLAY),
+    403: (
+        MlflowForbidden,
+        "the gate's account lacks a permission: {credentials} and give that account access to "
+        "the model, its versions and their runs, " + _REPLAY,
+    ),
     404: (MlflowNotFound, ""),
 }
 

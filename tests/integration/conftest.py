@@ -53,6 +53,12 @@ policies:
     rules:
       - metric: validation_accuracy
         min: 0.50
+  - name: hardening-compare
+    models: ["hardening-*"]
+    targets: [Production]
+    rules:
+      - compare_to: Production
+        metric: validation_accuracy
 """
 
 

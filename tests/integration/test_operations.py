@@ -71,6 +71,11 @@ def test_up_starts_everything_runs_the_demo_and_stops_cleanly(tmp_path: Path) ->
         assert requests.get(f"{flower}/healthcheck", auth=(user, password), timeout=5).ok
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
         assert len(pids) == 5
+        # And no process it started has the Flower password on its command line (`ps` shows it
+        # to every user of the machine)
+        for pid in pids:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            assert password not in argv, argv
         # When it gets Ctrl-C
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
@@ -164,4 +169,6 @@ def test_docker_compose_file_is_valid_and_complete() -> None:
             assert env_of.get(variable), f"{name} lacks {variable}"
     assert "receiver" in " ".join(services["receiver"]["command"])
     assert "--beat" in services["beat"]["command"]
-    assert any("basic-auth" in part for part in services["flower"]["command"])
+    flower = services["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "admin:p"
+    assert not any("basic-auth" in part or ":p" in part for part in flower["command"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from flask.testing import FlaskClient
 
 from receiver.app import create_app
@@ -258,7 +260,12 @@ def test_a_publish_that_raises_is_503_and_the_entry_is_kept(three: Admin) -> Non
     response = three.replay({"ids": ["evt-1", "evt-2"]})
     # Then 503 naming the failed entry and why; it is kept, the other went through
     assert response.status_code == 503
-    assert response.json["failed"] == [{"id": "evt-1", "error": "ConnectionError: broker gone"}]
+    assert response.json["failed"] == [
+        {
+            "id": "evt-1",
+            "error": "ConnectionError: the event could not be enqueued; check Redis, then retry",
+        }
+    ]
     assert response.json["replayed"] == ["evt-2"]
     assert response.json["summary"] == "replayed 1, failed 1"
     assert [e["event_id"] for e in three.published] == ["evt-2"]
@@ -355,3 +362,31 @@ def test_the_admin_routes_answer_503_not_500_when_redis_is_down() -> None:
     # Then it is told to retry later, with a reason
     assert (listed.status_code, replayed.status_code) == (503, 503)
     assert "Redis" in listed.json["message"]
+
+
+def test_redis_errors_are_answered_without_their_text_and_logged_without_password(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given Redis and the broker fail with errors naming their host and password
+    leak = "Error connecting to redis://gate:hunter2@redis.internal.example:6379"
+    with admin_app(Settings(webhook_secret="s", admin_token=TOKEN)) as admin:
+        admin.store.put(gate_event("evt-1"), MlflowUnavailable("503"), 16)
+        admin.publish_failures.append(ConnectionError(leak))
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise redis.ConnectionError(leak)
+
+        # When tooling replays (the publish fails), then lists (Redis fails)
+        with caplog.at_level(logging.WARNING):
+            replayed = admin.replay({"ids": ["evt-1"]})
+            monkeypatch.setattr(admin.store.client, "zrange", fail)
+            listed = admin.client.get("/admin/dlq", headers=AUTH)
+    # Then both answer 503 saying what to do, without the errors' text
+    assert (replayed.status_code, listed.status_code) == (503, 503)
+    for answered in (replayed, listed):
+        text = answered.get_data(as_text=True)
+        assert "hunter2" not in text and "redis.internal.example" not in text
+    assert listed.json["message"].startswith("Redis did not answer (ConnectionError); check")
+    # And the log has the detail, with the password hidden
+    assert caplog.text.count("redis://gate:***@redis.internal.example") == 2
+    assert "hunter2" not in caplog.text

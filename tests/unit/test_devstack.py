@@ -9,18 +9,23 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
+import requests
 
 from cli.devstack import (
     LOOPBACK,
     ManagedProcess,
+    flower_command,
     free_port,
     group_members,
+    http_ok,
     mlflow_server_command,
     redis_answers,
     start_redis,
     wait_until,
 )
+from shared.errors import ConfigError
 
 # Ignores SIGTERM, then starts a child that inherits that (an ignored signal stays ignored across
 # exec), says so, and sleeps: only a SIGKILL of the whole group ends both.
@@ -89,3 +94,36 @@ def test_mlflow_may_send_webhooks_to_localhost_with_a_key_kept_across_restarts(
     assert (
         env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] == again["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]
     )
+
+
+def test_flower_enforces_its_login_without_it_on_the_command_line(tmp_path: Path) -> None:
+    # Given Flower started as `mlflow-gate up` starts it, on a real Redis
+    redis_process, url = start_redis(tmp_path / "redis", port=free_port())
+    password = "flower-Pa55-word"
+    port = free_port()
+    argv, env = flower_command(url, port, ("admin", password), os.environ)
+    flower = ManagedProcess.start(argv, env, tmp_path / "flower.log")
+    base = f"http://{LOOPBACK}:{port}"
+    try:
+        flower.wait_ready(lambda: http_ok(f"{base}/healthcheck", ("admin", password)), 60, "flower")
+        # Then its command line, which any user can read, holds neither the password nor the
+        # broker URL
+        cmdline = Path(f"/proc/{flower.pid}/cmdline").read_bytes().decode()
+        assert password not in cmdline and url not in cmdline
+        # And it still refuses whoever does not log in with it
+        assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401
+        wrong = requests.get(f"{base}/api/workers", auth=("admin", "guess"), timeout=5)
+        assert wrong.status_code == 401
+        right = requests.get(f"{base}/api/workers", auth=("admin", password), timeout=5)
+        assert right.status_code == 200
+        assert "Broker: redis://" in flower.log_tail()
+    finally:
+        flower.stop()
+        redis_process.stop()
+
+
+def test_a_flower_login_that_flower_would_split_is_refused() -> None:
+    # Flower reads FLOWER_BASIC_AUTH as a comma-separated list: "pa,ss" would let in "ss".
+    for login in (("admin", "pa,ss"), ("ad,min", "pass"), ("ad:min", "pass")):
+        with pytest.raises(ConfigError, match="GATE_FLOWER_PASSWORD"):
+            flower_command("redis://127.0.0.1:1/0", 5555, login, {})

@@ -287,18 +287,78 @@ def test_a_candidate_exactly_at_holder_plus_delta_passes() -> None:
 
 
 @pytest.mark.parametrize(
-    "champion",
-    [holder(None), holder(run_id=None), holder(readable=False, run_problem="deleted")],
-    ids=["metric-missing", "no-run", "run-unreadable"],
+    ("champion", "problem", "remedy"),
+    [
+        (
+            holder(None),
+            "auc is not logged in run run-2 of version 2",
+            "log a finite auc on run run-2 of version 2 or put champion on a version whose "
+            "run has it, then request again",
+        ),
+        (
+            holder(float("nan")),
+            "auc is nan in run run-2, not a usable number",
+            "log a finite auc on run run-2 of version 2",
+        ),
+        (
+            holder(float("inf")),
+            "auc is inf in run run-2, not a usable number",
+            "log a finite auc on run run-2 of version 2",
+        ),
+        (
+            holder(float("-inf")),
+            "auc is -inf in run run-2, not a usable number",
+            "log a finite auc on run run-2 of version 2",
+        ),
+        (
+            holder(run_id=None),
+            "version 2 has no run, so auc is unknown",
+            "put champion on a version whose run has a finite auc, then request again",
+        ),
+        (
+            holder(readable=False, run_problem="the run does not exist (deleted?)"),
+            "run run-2 of version 2: the run does not exist (deleted?)",
+            "put champion on a version whose run has a finite auc, then request again",
+        ),
+    ],
+    ids=["metric-missing", "nan", "inf", "minus-inf", "no-run", "run-deleted"],
 )
-def test_a_holder_without_the_metric_does_not_block_a_measured_candidate(
-    champion: VersionFacts,
+def test_a_holder_without_a_usable_metric_fails_the_comparison_closed(
+    champion: VersionFacts, problem: str, remedy: str
 ) -> None:
     # Given the current champion cannot be measured on auc
-    decision = decide(version(metrics={"auc": 0.7}), BEAT_CHAMPION, holders={CHAMPION: champion})
-    # Then a candidate that has auc passes, and the check says why there was no comparison
-    assert decision.approved
-    assert decision.checks[0].message.startswith("current champion (version 2): ")
+    decision = decide(version(metrics={"auc": 0.99}), BEAT_CHAMPION, holders={CHAMPION: champion})
+    # Then even a well measured candidate is not approved, and the reason says what went wrong
+    # and what to do
+    assert not decision.approved
+    (check,) = decision.checks
+    assert not check.passed and check.actual == 0.99
+    assert check.message.startswith(f"cannot compare with current champion (version 2): {problem}")
+    assert remedy in check.message
+    assert check.message in decision.reason
+
+
+@pytest.mark.parametrize("auc", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("champion", [holder(0.8), None], ids=["measured-holder", "no-holder"])
+def test_a_candidate_with_a_non_finite_metric_fails_the_comparison(
+    auc: float, champion: VersionFacts | None
+) -> None:
+    decision = decide(version(metrics={"auc": auc}), BEAT_CHAMPION, holders={CHAMPION: champion})
+    assert not decision.approved
+    assert f"auc is {auc} in run run-5, not a usable number" in decision.reason
+
+
+def test_an_unusable_candidate_and_holder_are_both_named() -> None:
+    decision = decide(
+        version(metrics={"auc": float("nan")}),
+        BEAT_CHAMPION,
+        holders={CHAMPION: holder(None)},
+    )
+    assert not decision.approved
+    assert "auc is nan in run run-5, not a usable number; and cannot compare with current " in (
+        decision.reason
+    )
+    assert "auc is not logged in run run-2 of version 2" in decision.reason
 
 
 def test_a_holder_without_the_metric_and_a_candidate_without_it_fails() -> None:

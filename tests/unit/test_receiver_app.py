@@ -362,13 +362,49 @@ def test_a_failed_publish_is_503_and_leaves_no_marker_so_a_retry_is_accepted(
     # Then 503, and the delivery is not remembered
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
-    assert "broker gone" in response.json["message"]
+    assert response.json["message"] == (
+        "the gate's queue could not take the event; the event was not accepted, retry later"
+    )
     assert receiver.published == []
     assert not receiver.redis.exists(keys.delivery("mlflow", "delivery-unpublished"))
     # When MLflow retries the same delivery, Then it is accepted and published
     retry = receiver.post(body, headers)
     assert retry.status_code == 202
     assert len(receiver.published) == 1
+
+
+LEAK = "Error connecting to redis://gate:hunter2@redis.internal.example:6379"
+
+
+@pytest.mark.parametrize("where", ["redis", "publish"])
+def test_a_503_does_not_show_the_queue_s_error_text_but_logs_it_without_password(
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+) -> None:
+    # Given Redis, or the broker, fails with an error naming its host and password
+    def fail(*args: object, **kwargs: object) -> None:
+        raise redis.ConnectionError(LEAK)
+
+    if where == "redis":
+        monkeypatch.setattr(receiver.redis, "set", fail)
+    else:
+        receiver.publish_failures.append(redis.ConnectionError(LEAK))
+    body = mlflow_body()
+    # When MLflow delivers
+    with caplog.at_level(logging.ERROR):
+        response = receiver.post(body, signed(body))
+    # Then the answer says what went wrong and what to do, without the error's text
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    text = response.get_data(as_text=True)
+    assert "redis.internal.example" not in text and "hunter2" not in text
+    assert "the event was not accepted, retry later" in response.json["message"]
+    # And the log has the detail, with the password hidden
+    assert "ConnectionError: Error connecting to redis://gate:***@redis.internal.example" in (
+        caplog.text
+    )
+    assert "hunter2" not in caplog.text
 
 
 # --- health, readiness, start-up ---------------------------------------------------------------
@@ -390,7 +426,7 @@ def test_readyz_follows_redis(receiver: Receiver) -> None:
     assert receiver.client.get("/readyz").status_code == 200
 
 
-def test_readyz_does_not_show_redis_s_error_text_but_logs_it(
+def test_readyz_does_not_show_redis_s_error_text_but_logs_it_without_password(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given Redis fails with an error naming its host and password
@@ -407,7 +443,8 @@ def test_readyz_does_not_show_redis_s_error_text_but_logs_it(
     assert down.status_code == 503
     assert down.json == {"status": "unavailable", "redis": "unreachable"}
     assert "hunter2" not in down.get_data(as_text=True)
-    assert leak in caplog.text
+    assert "Error connecting to redis://gate:***@redis.internal.example:6379" in caplog.text
+    assert "hunter2" not in caplog.text
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from shared import tags
-from shared.errors import MlflowNotFound, MlflowRequestError
+from shared.errors import MlflowForbidden, MlflowNotFound, MlflowRequestError
 from shared.evaluation import RunFacts, VersionFacts
 from worker.rest import Json, RestClient
 
@@ -42,13 +42,18 @@ class Endpoints:
         )
 
     def versions_of(self, model: str) -> Iterator[Json]:
-        return self.search_versions(f"name={quoted(model)}")
+        return self.search_versions(name_filter(model))
 
     def search_models(self) -> Iterator[Json]:
         return self.rest.pages(f"{REGISTERED_MODELS}/search", "registered_models")
 
     def version_facts(self, mv: Json) -> VersionFacts:
-        """A model version as the evaluation sees it, with its run read once."""
+        """A model version as the evaluation sees it, with its run read once.
+
+        A run that does not exist is a fact (a check fails on it, saying so). A run the gate may
+        not read (401, 403) is not: the gate's credentials are at fault, so MlflowForbidden is
+        raised and the event dead-lettered until they are fixed, whoever's run it is (the
+        candidate's, or a compared target's holder's)."""
         run_id = mv.get("run_id") or None
         run: RunFacts | None = None
         problem: str | None = None
@@ -57,6 +62,13 @@ class Endpoints:
                 run = run_facts(self.run(run_id))
             except MlflowNotFound:
                 problem = "the run does not exist (deleted?), so its metrics and tags are unknown"
+            except MlflowForbidden as exc:
+                raise MlflowForbidden(
+                    f"cannot read run {run_id} of version {mv.get('version')} of model "
+                    f"{mv.get('name')!r}: {exc}",
+                    exc.status,
+                    exc.error_code,
+                ) from exc
             except MlflowRequestError as exc:
                 problem = f"the run could not be read: {exc}"
         creator = str(mv.get("user_id") or "") or (run.tags.get(tags.RUN_USER) if run else None)
@@ -131,6 +143,15 @@ def _pairs(items: Any) -> dict[str, str]:
     return {str(t["key"]): str(t.get("value", "")) for t in items if isinstance(t, dict)}
 
 
-def quoted(text: str) -> str:
-    """A string literal for an MLflow search filter."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def name_filter(name: str) -> str:
+    """A model-versions search filter matching exactly the model called `name`.
+
+    MLflow's filter parser never undoes escapes inside a quoted string (`name='o\\'brien'` looks
+    for a name with a backslash in it), so a name holding a quote or a backslash cannot be
+    written as `name='...'`. It reads a list after IN as a Python literal (ast.literal_eval),
+    where Python's repr of the name reads back exactly. Other names keep the plain form, the
+    one the workspace registry documents. (Joined to another clause, IN needs an explicit AND.)
+    """
+    if "'" in name or "\\" in name:
+        return f"name IN ({name!r})"
+    return f"name='{name}'"

@@ -5,11 +5,12 @@ transport adapter: the gate's own REST client and MLflow registry run unchanged 
 fake at the HTTP boundary, passed in, never patched in). It behaves like MLflow where the gate
 depends on it: JSON shapes, 404 RESOURCE_DOES_NOT_EXIST, stage names matched case-insensitively,
 archiving on transition, paging, and the filters the gate sends. Faults are injected per endpoint
-(`fail`, `fail_connection`), and every call is logged (`calls`).
+(`fail`, `fail_connection`) or per run (`forbid_run`), and every call is logged (`calls`).
 """
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import re
@@ -23,8 +24,9 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from shared.policy import STAGES
-from worker.registries.mlflow import MlflowRegistry
-from worker.rest import RestClient, Service
+from shared.settings import Settings
+from worker.registries.mlflow import MlflowRegistry, service
+from worker.rest import RestClient
 
 Json = dict[str, Any]
 BASE_URL = "http://in-memory-mlflow"
@@ -74,6 +76,7 @@ class InMemoryMlflow(BaseAdapter):
         self.calls: list[tuple[str, str]] = []
         self.tag_keys_written: list[str] = []  # version tags set over HTTP, in order
         self._faults: dict[tuple[str, str], list[Exception]] = {}
+        self._forbidden_runs: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._routes: dict[tuple[str, str], Callable[[Json], Json]] = {
             ("GET", f"{API}/registered-models/get"): self._get_model,
@@ -118,6 +121,11 @@ class InMemoryMlflow(BaseAdapter):
     def fail(self, method: str, path: str, status: int, code: str, times: int = 1) -> None:
         error = MlflowError(status, code, f"injected {status} {code}")
         self._faults.setdefault((method, path), []).extend([error] * times)
+
+    def forbid_run(self, run_id: str, status: int = 403) -> None:
+        """Refuse the gate this run from now on, as MLflow's auth refuses a run in an experiment
+        the gate's account may not read (403), or credentials it does not accept (401)."""
+        self._forbidden_runs[run_id] = status
 
     def fail_connection(self, method: str, path: str, times: int = 1) -> None:
         error = requests.ConnectionError("injected: connection refused")
@@ -184,6 +192,11 @@ class InMemoryMlflow(BaseAdapter):
         }
 
     def _get_run(self, args: Json) -> Json:
+        status = self._forbidden_runs.get(_arg(args, "run_id"))
+        if status == 401:
+            raise MlflowError(401, "UNAUTHENTICATED", "Unauthenticated")
+        if status is not None:
+            raise MlflowError(status, "PERMISSION_DENIED", "Permission denied")
         run = self.runs.get(_arg(args, "run_id"))
         if run is None:
             raise MlflowError(404, NOT_FOUND, f"Run '{args['run_id']}' not found")
@@ -252,34 +265,65 @@ class InMemoryRegistry(MlflowRegistry):
     """The open-source MLflow registry, unchanged, over an in-memory MLflow."""
 
     def __init__(self, mlflow: InMemoryMlflow) -> None:
-        service = Service(name="MLflow", base_url=BASE_URL, timeout=1.0,
-                          down_hint="check that the tracking server is up")  # fmt: skip
-        super().__init__(RestClient(service, session=mlflow.session()))
+        # The service the gate builds from its settings (names, hints), over the in-memory one.
+        settings = Settings(mlflow_tracking_uri=BASE_URL, mlflow_timeout_seconds=1.0)
+        super().__init__(RestClient(service(settings), session=mlflow.session()))
 
 
-# The filters the gate sends: name='...' (MLflow's quoting), tags.`key` LIKE '%', joined by AND.
-_CLAUSE = re.compile(r"""\s*(name|tags\.`([^`]+)`)\s*(=|LIKE)\s*'((?:[^'\\]|\\.)*)'\s*""")
+# The filters the gate sends, read as MLflow reads them: clauses joined by AND, each one of
+# name = '...' and tags.`key` LIKE '...' (the text between the quotes taken as it is: MLflow undoes
+# no escapes in it), or name IN (...) (the parenthesised list read as a Python literal, as MLflow
+# reads it, with ast.literal_eval).
+_STRING = r"'(?:''|\\'|[^'])*'" + "|" + r'"(?:""|\\"|[^"])*"'  # sqlparse's string tokens
+_CLAUSE = re.compile(
+    rf"""\s*(?:name|tags\.`(?P<tag>[^`]+)`)\s*(?:
+        (?P<op>=|LIKE)\s*(?P<string>{_STRING})
+        | IN\s*(?P<list>\((?:[^()'"]|{_STRING})*\))
+    )\s*(?:AND\s|$)""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
 
 
 def _version_filter(text: str) -> Callable[[_Version], bool]:
     tests: list[Callable[[_Version], bool]] = []
-    for clause in filter(None, re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE)):
-        match = _CLAUSE.fullmatch(clause)
+    text, position = text.strip(), 0
+    while position < len(text):
+        match = _CLAUSE.match(text, position)
         if match is None:
             raise MlflowError(400, "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}'")
-        _, tag, op, literal = match.groups()
-        value = re.sub(r"\\(.)", r"\1", literal)
-        pattern = re.compile(re.escape(value).replace("%", ".*").replace("_", ".") + r"\Z", re.S)
-
-        def test(v: _Version, tag: str | None = tag, op: str = op, value: str = value,
-                 pattern: re.Pattern[str] = pattern) -> bool:  # fmt: skip
-            actual = v.name if tag is None else v.tags.get(tag)
-            if actual is None:
-                return False
-            return actual == value if op == "=" else pattern.match(actual) is not None
-
-        tests.append(test)
+        position = match.end()
+        tests.append(_clause(match, text))
     return lambda v: all(t(v) for t in tests)
+
+
+def _clause(match: re.Match[str], text: str) -> Callable[[_Version], bool]:
+    tag = match["tag"]
+    if match["list"] is not None:
+        if tag is not None:
+            raise MlflowError(400, "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}'")
+        try:
+            parsed = ast.literal_eval(match["list"])
+        except (SyntaxError, ValueError):
+            raise MlflowError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                "While parsing a list in the query, expected a non-empty list of string "
+                "values, but got ill-formed list.",
+            ) from None
+        names = parsed if isinstance(parsed, tuple) else (parsed,)
+        if not all(isinstance(n, str) for n in names):
+            raise MlflowError(400, "INVALID_PARAMETER_VALUE", f"Invalid filter '{text}'")
+        return lambda v: v.name in names
+    value = match["string"][1:-1]  # MLflow strips the quotes and nothing else
+    if match["op"] == "=":
+        return lambda v: (v.name if tag is None else v.tags.get(tag)) == value
+    pattern = re.compile(re.escape(value).replace("%", ".*").replace("_", ".") + r"\Z", re.S)
+
+    def like(v: _Version) -> bool:
+        actual = v.name if tag is None else v.tags.get(tag)
+        return actual is not None and pattern.match(actual) is not None
+
+    return like
 
 
 def _page(items: list[Json], key: str, args: Json) -> Json:
