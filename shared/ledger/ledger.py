@@ -189,33 +189,23 @@ class Ledger:
     def pending(self, registry: RegistryKind, model: str, target: str) -> RecordedDecision | None:
         """The newest decision on `target` whose action on the registry is not done yet and
         that nothing superseded: what a retry (or the next decision there) must finish first."""
-        query = (
-            sa.select(decisions)
-            .where(
-                *_about(RegistryKind(registry), model, target),
-                decisions.c.action_state == ActionState.PENDING.value,
-                decisions.c.superseded_by.is_(None),
-            )
-            .order_by(decisions.c.id.desc())
-            .limit(1)
+        return self._newest(
+            *_about(RegistryKind(registry), model, target),
+            decisions.c.action_state == ActionState.PENDING.value,
+            decisions.c.superseded_by.is_(None),
         )
-        with self._read() as conn:
-            row = conn.execute(query).first()
-        return decision_from_row(row._mapping) if row is not None else None
 
     def newer_action(self, decision: RecordedDecision) -> RecordedDecision | None:
         """The newest decision taken after `decision` on the same target that acts on the
         registry: the fence. A decision with a newer one must not act any more."""
-        query = (
-            sa.select(decisions)
-            .where(
-                *_about(decision.registry, decision.model, decision.target),
-                decisions.c.id > decision.id,
-                decisions.c.action_state.in_(_STANDING),
-            )
-            .order_by(decisions.c.id.desc())
-            .limit(1)
+        return self._newest(
+            *_about(decision.registry, decision.model, decision.target),
+            decisions.c.id > decision.id,
+            decisions.c.action_state.in_(_STANDING),
         )
+
+    def _newest(self, *where: sa.ColumnElement[bool]) -> RecordedDecision | None:
+        query = sa.select(decisions).where(*where).order_by(decisions.c.id.desc()).limit(1)
         with self._read() as conn:
             row = conn.execute(query).first()
         return decision_from_row(row._mapping) if row is not None else None
