@@ -11,6 +11,15 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 
 
+def seconds(text: str) -> float | None:
+    """The number of seconds a duration such as `30m`, `2h` or `3d` denotes; None if `text`
+    is not one."""
+    match = _DURATION.match(text)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
 def since_timestamp(text: str, now: float) -> float:
     """The Unix time `text` denotes: a duration back from `now`, or an absolute timestamp."""
     match = _DURATION.match(text)

@@ -16,9 +16,20 @@ from typing import Any, Literal
 
 import yaml
 
+from shared import durations
 from shared.errors import ConfigError
 
 STAGES = ("None", "Staging", "Production", "Archived")
+
+# What the gate notifies sinks of (`notify: ... events:`); a sink without `events` gets them all.
+NOTICE_TYPES = (
+    "review.requested",  # the automated checks passed; the policy asks for human review
+    "review.approved",  # one reviewer approved (more may be needed)
+    "review.expired",  # nobody completed the review in time: rejected
+    "decision.approved",  # a version was promoted
+    "decision.rejected",  # a request was rejected (by the checks, a reviewer or expiry)
+    "guard.reverted",  # a move made outside the gate was undone
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,42 @@ Rule = MetricRule | TagsRule | DescriptionRule | CompareRule | FourEyesRule | Ma
 
 
 @dataclass(frozen=True)
+class Review:
+    """Human review a promotion needs once the automated checks pass: `approvals` distinct
+    reviewers, each a named reviewer or a member of the MLflow role (anyone signed in when the
+    policy names neither), none of them the requester or the version's creator."""
+
+    approvals: int
+    reviewers: tuple[str, ...] = ()
+    role: str | None = None
+    expires_after_seconds: float | None = None  # None: a pending review never expires
+
+    @property
+    def restricted(self) -> bool:
+        """Whether the policy says who may review (names, a role or both)."""
+        return bool(self.reviewers) or self.role is not None
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where notifications go: a generic webhook signed per Standard Webhooks, or Slack."""
+
+    kind: Literal["webhook", "slack"]
+    # webhook: its URL; slack: the environment variable holding the incoming-webhook URL.
+    address: str
+    secret_env: str | None = None  # webhook: the variable holding its whsec_... secret
+    events: tuple[str, ...] = ()  # empty: every notice type
+
+    @property
+    def key(self) -> str:
+        """A stable name for the sink, part of each delivery's id and shown in dead letters."""
+        return f"{self.kind}:{self.address}"
+
+    def wants(self, notice_type: str) -> bool:
+        return not self.events or notice_type in self.events
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     models: tuple[str, ...]
@@ -98,6 +145,8 @@ class Policy:
     # Whether approving a stage transition archives the versions already in that stage;
     # None: the default, true for Production only.
     archive_existing_versions: bool | None = None
+    review: Review | None = None
+    notify: tuple[Sink, ...] = ()
 
     def covers(self, model: str, target: Target) -> bool:
         return target in self.targets and any(
@@ -109,6 +158,7 @@ class Policy:
 class PolicySet:
     policies: tuple[Policy, ...]
     source: str = "built-in"
+    notify: tuple[Sink, ...] = ()  # the top-level sinks: notified for every policy
 
     def covering(self, model: str, target: Target) -> list[Policy]:
         return [p for p in self.policies if p.covers(model, target)]
@@ -127,6 +177,57 @@ def archive_existing(policies: Sequence[Policy], target: Target) -> bool:
     if said:
         return any(said)
     return target.is_stage and target.name == "Production"
+
+
+@dataclass(frozen=True)
+class ReviewNeed:
+    """What the covering policies ask of human review, taken together: the largest `approvals`;
+    a reviewer must be allowed by each policy that says who may review; the earliest expiry."""
+
+    approvals: int
+    gates: tuple[tuple[str, tuple[str, ...], str | None], ...]  # (policy, reviewers, role)
+    expires_after_seconds: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "approvals": self.approvals,
+            "gates": [
+                {"policy": name, "reviewers": list(names), "role": role}
+                for name, names, role in self.gates
+            ],
+            "expires_after_seconds": self.expires_after_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReviewNeed:
+        expires = data.get("expires_after_seconds")
+        return cls(
+            approvals=int(data["approvals"]),
+            gates=tuple(
+                (str(g["policy"]), tuple(str(n) for n in g.get("reviewers") or ()), g.get("role"))
+                for g in data.get("gates") or ()
+            ),
+            expires_after_seconds=float(expires) if expires is not None else None,
+        )
+
+
+def review_need(policies: Sequence[Policy]) -> ReviewNeed | None:
+    """The human review the covering policies ask for; None when none asks. Audit-mode policies
+    do not hold a promotion back, so their review is not asked for."""
+    asking = [p for p in policies if p.review is not None and p.mode == "enforce"]
+    if not asking:
+        return None
+    reviews = [p.review for p in asking if p.review is not None]
+    expiries = [r.expires_after_seconds for r in reviews if r.expires_after_seconds is not None]
+    return ReviewNeed(
+        approvals=max(r.approvals for r in reviews),
+        gates=tuple(
+            (p.name, p.review.reviewers, p.review.role)
+            for p in asking
+            if p.review is not None and p.review.restricted
+        ),
+        expires_after_seconds=min(expiries) if expiries else None,
+    )
 
 
 def reverts_violations(policies: Sequence[Policy]) -> bool:
@@ -181,7 +282,7 @@ class _Reader:
         return ConfigError(f"{self.source}{line}: {message}")
 
     def policy_set(self, root: yaml.Node | None) -> PolicySet:
-        top = self.mapping(root, "the file", required=("policies",), optional=())
+        top = self.mapping(root, "the file", required=("policies",), optional=("notify",))
         items = top["policies"]
         if not isinstance(items, yaml.SequenceNode) or not items.value:
             raise self.fail(items, "'policies' must be a non-empty list of policies")
@@ -191,14 +292,22 @@ class _Reader:
             if policy.name in seen:
                 raise self.fail(node, f"policy name '{policy.name}' is used twice")
             seen.add(policy.name)
-        return PolicySet(policies=policies, source=self.source)
+        notify = self.sinks(top["notify"], "the top level") if "notify" in top else ()
+        return PolicySet(policies=policies, source=self.source, notify=notify)
 
     def policy(self, node: yaml.Node) -> Policy:
         fields = self.mapping(
             node,
             "a policy",
             required=("name", "targets", "rules"),
-            optional=("models", "mode", "on_violation", "archive_existing_versions"),
+            optional=(
+                "models",
+                "mode",
+                "on_violation",
+                "archive_existing_versions",
+                "review",
+                "notify",
+            ),
         )
         name = self.string(fields["name"], "name")
         models = self.strings(fields["models"], "models") if "models" in fields else ("*",)
@@ -224,6 +333,8 @@ class _Reader:
             if "archive_existing_versions" in fields
             else None
         )
+        review = self.review(fields["review"], name) if "review" in fields else None
+        notify = self.sinks(fields["notify"], f"policy '{name}'") if "notify" in fields else ()
         return Policy(
             name=name,
             models=models,
@@ -232,7 +343,94 @@ class _Reader:
             mode="audit" if mode == "audit" else "enforce",
             on_violation="revert" if on_violation == "revert" else "report",
             archive_existing_versions=archive,
+            review=review,
+            notify=notify,
         )
+
+    def review(self, node: yaml.Node, policy: str) -> Review:
+        where = f"policy '{policy}': review"
+        f = self.mapping(
+            node,
+            where,
+            required=("approvals",),
+            optional=("reviewers", "role", "expires_after"),
+        )
+        count = self.number(f["approvals"], "approvals")
+        if count != int(count) or count < 1:
+            raise self.fail(f["approvals"], f"{where}: approvals must be a whole number, 1 or more")
+        approvals = int(count)
+        reviewers = self.strings(f["reviewers"], "reviewers") if "reviewers" in f else ()
+        if len(set(reviewers)) != len(reviewers):
+            raise self.fail(f["reviewers"], f"{where}: a reviewer is named twice")
+        role = self.string(f["role"], "role") if "role" in f else None
+        if role is None and reviewers and approvals > len(reviewers):
+            raise self.fail(
+                f["approvals"],
+                f"{where}: {approvals} approvals are needed but only {len(reviewers)} reviewers "
+                "are named (and no role): name more reviewers, add a role or lower approvals",
+            )
+        expires: float | None = None
+        if "expires_after" in f:
+            text = str(self.scalar(f["expires_after"], "expires_after"))
+            expires = durations.seconds(text)
+            if expires is None or expires <= 0:
+                raise self.fail(
+                    f["expires_after"],
+                    f"{where}: expires_after {text!r} is not a duration; write e.g. 12h or 3d",
+                )
+        return Review(approvals, reviewers, role, expires)
+
+    def sinks(self, node: yaml.Node, where: str) -> tuple[Sink, ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, f"{where}: 'notify' must be a non-empty list of sinks")
+        return tuple(self.sink(item, where) for item in node.value)
+
+    def sink(self, node: yaml.Node, where: str) -> Sink:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{where}: each notify entry must be a mapping")
+        keys = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+        if "webhook" in keys:
+            f = self.mapping(
+                node,
+                f"{where}: a webhook sink",
+                required=("webhook", "secret_env"),
+                optional=("events",),
+            )
+            url = self.string(f["webhook"], "webhook")
+            if not url.startswith(("http://", "https://")):
+                raise self.fail(f["webhook"], f"{where}: webhook {url!r} is not an http(s) URL")
+            secret_env = self.env_name(f["secret_env"], "secret_env")
+            return Sink("webhook", url, secret_env, self.events(f))
+        if "slack_env" in keys:
+            f = self.mapping(
+                node, f"{where}: a Slack sink", required=("slack_env",), optional=("events",)
+            )
+            return Sink("slack", self.env_name(f["slack_env"], "slack_env"), None, self.events(f))
+        raise self.fail(
+            node,
+            f"{where}: unknown notify entry with keys {sorted(keys)}; an entry has "
+            "webhook (with secret_env) or slack_env",
+        )
+
+    def events(self, fields: dict[str, yaml.Node]) -> tuple[str, ...]:
+        if "events" not in fields:
+            return ()
+        names = self.strings(fields["events"], "events")
+        for name in names:
+            if name not in NOTICE_TYPES:
+                raise self.fail(
+                    fields["events"],
+                    f"unknown event {name!r} in 'events'; known: {', '.join(NOTICE_TYPES)}",
+                )
+        return names
+
+    def env_name(self, node: yaml.Node, key: str) -> str:
+        name = self.string(node, key)
+        if not name.replace("_", "A").isalnum() or name[0].isdigit():
+            raise self.fail(
+                node, f"'{key}' must name an environment variable (e.g. CI_WEBHOOK_SECRET)"
+            )
+        return name
 
     def rule(self, node: yaml.Node, policy: str) -> Rule:
         if not isinstance(node, yaml.MappingNode):
