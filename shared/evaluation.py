@@ -45,6 +45,8 @@ class VersionFacts:
     run: RunFacts | None
     run_problem: str | None = None  # why the run could not be read
     created_by: str | None = None  # who created the version, if the registry says
+    # Where created_by comes from: "registry" (the version's user) or "run" (its mlflow.user).
+    created_by_source: str | None = None
     stage: str | None = None  # the version's current stage (None, Staging, Production, Archived)
 
 

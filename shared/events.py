@@ -41,6 +41,7 @@ class Origin(str, Enum):
     SWEEP = "sweep"  # the periodic sweep found it owed (decide it only if still undecided)
     REPLAY = "replay"  # an operator or the redrive replayed a dead letter
     OPERATOR = "operator"  # an operator's command (rollback)
+    REVIEW = "review"  # a reviewer's vote, or the sweep finding a review that can be decided
 
 
 # Events written before the registry/origin split named both in one `source` field.

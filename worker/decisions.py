@@ -101,6 +101,7 @@ def _version(version: VersionFacts) -> dict[str, Any]:
         "version": version.version,
         "stage": version.stage,
         "created_by": version.created_by,
+        "created_by_source": version.created_by_source,
         "description": version.description,
         "tags": dict(version.tags),
         "run_id": version.run_id,

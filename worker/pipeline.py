@@ -26,16 +26,27 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Any
 
 from shared.errors import MlflowNotFound, PermanentError
 from shared.evaluation import Decision, Facts, VersionFacts, evaluate
 from shared.events import GateEvent, Kind, Origin, RegistryKind
-from shared.ledger import ActionState, Ledger, RecordedDecision
+from shared.ledger import ActionState, Ledger, RecordedDecision, Verdict, Vote
+from shared.notices import Notice, Notify, silent
 from shared.outcomes import Outcome
-from shared.policy import Policy, PolicySet, Target, archive_existing, reverts_violations
+from shared.policy import (
+    Policy,
+    PolicySet,
+    ReviewNeed,
+    Target,
+    archive_existing,
+    reverts_violations,
+    review_need,
+)
+from shared.review import BY_GATE, BY_REGISTRY, BY_TAG, UNKNOWN, Pending, Person, State, tally
 from worker.decisions import Record, decision_of, evaluated, target_of, version_tags
 from worker.facts import gather
 from worker.metrics import DECISIONS, VIOLATIONS
@@ -46,6 +57,8 @@ from worker.steps import Do, Step, carry_out, plan_facts, plan_of
 log = logging.getLogger(__name__)
 
 Keep = Callable[[], None]
+# Links to show a version in other systems (MLflow's UI, the console), for notifications.
+Links = Callable[[str, str], dict[str, str]]
 
 # Events that stand for an event owed, not a new request: the sweep's, and replays (of dead
 # letters): they decide a request only if the ledger has not decided it already.
@@ -61,6 +74,10 @@ def utcnow() -> datetime:
 
 def _unguarded() -> None:
     """For callers that hold no lock (tests, one-off tools)."""
+
+
+def _no_links(model: str, version: str) -> dict[str, str]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -79,11 +96,15 @@ class Pipeline:
         policies: PolicySet,
         ledger: Ledger,
         clock: Callable[[], datetime] = utcnow,
+        notify: Notify = silent,
+        links: Links = _no_links,
     ) -> None:
         self.registries = registries
         self.policies = policies
         self.ledger = ledger
         self.clock = clock
+        self.notify = notify
+        self.links = links
 
     def handle(self, event: GateEvent, keep: Keep = _unguarded) -> str:
         """Reconcile the event's subject; returns what was done, for the log."""
@@ -136,21 +157,205 @@ class Pipeline:
     # -- requests --------------------------------------------------------------------------
     def decide(self, turn: _Turn, version: str) -> str:
         registry, event = turn.registry, turn.event
+        model = event.model
         asked = Target.parse(event.target) if event.target else None
-        request = registry.request(event.model, version, asked)
+        request = registry.request(model, version, asked)
         if request is None or (event.origin in _OWED_ONLY and self._decided(turn, request)):
             return self._not_open(turn, version, asked)
         target = request.target
-        policies = self.policies.covering(event.model, target)
-        facts = self._facts(registry, request.candidate, target, policies, request.requested_by)
+        review = self.ledger.open_review(registry.kind, model, target.name)
+        if event.origin is Origin.REVIEW and (review is None or review.version != version):
+            return f"{model} v{version}: no review pending for {target} any more: nothing to do"
+        if review is not None and review.version != version:
+            self._supersede_review(turn, review, version)  # a new request for the target
+            review = None
+        policies = self.policies.covering(model, target)
+        requester = self._requester(registry.kind, request, review)
+        facts = self._facts(registry, request.candidate, target, policies, requester.name)
         decision = evaluate(facts, policies)
+        need = review_need(policies)
+        if decision.approved and need is not None:
+            return self._review(turn, request, facts, decision, need, requester, review)
         if decision.approved:
             plan = [Step(Do.APPROVE, version, archive=archive_existing(policies, target))]
+            notices = ["decision.approved"]
         else:
             plan = [Step(Do.REJECT, version)]
+            notices = ["decision.rejected"]
         outcome = Outcome.APPROVED if decision.approved else Outcome.REJECTED
-        rec = self._record(turn, version, decision, outcome, decision.reason, facts, plan)
-        return self._act(turn, replace(rec, requested_by=request.requested_by), request)
+        rec = self._record(
+            turn,
+            version,
+            decision,
+            outcome,
+            decision.reason,
+            facts,
+            plan,
+            notices=notices,
+            closes=review,
+        )
+        return self._act(turn, replace(rec, requested_by=requester.name), request)
+
+    # -- human review ----------------------------------------------------------------------
+    def _review(
+        self,
+        turn: _Turn,
+        request: Request,
+        facts: Facts,
+        decision: Decision,
+        need: ReviewNeed,
+        requester: Person,
+        review: RecordedDecision | None,
+    ) -> str:
+        """The automated checks pass and a covering policy asks for human review: ask for it,
+        or, on a review pending for this version, act on where it stands."""
+        version, target, model = request.candidate.version, decision.target, turn.event.model
+        if review is None:
+            creator = Person(facts.candidate.created_by, facts.candidate.created_by_source or "")
+            pending = Pending(need, self.clock(), requester, creator)
+            reason = _asked_for_review(pending, model, version, target, decision)
+            rec = self._record(
+                turn,
+                version,
+                decision,
+                Outcome.PENDING_REVIEW,
+                reason,
+                facts,
+                (),
+                notices=["review.requested"],
+                extra={"review": pending.to_dict()},
+            )
+            return self._act(turn, replace(rec, requested_by=requester.name), request)
+        pending = Pending.from_facts(review.facts, review.decided_at)
+        votes = self.ledger.votes(review.id)
+        result = tally(pending, votes, self.clock())
+        if turn.event.origin is Origin.REVIEW:
+            self._vote_notice(turn, review, pending, votes)
+        if result.state is State.PENDING:
+            return (
+                f"{model} v{version} waits for review for {target}: {len(result.approvals)} of "
+                f"{result.needed} approvals"
+            )
+        notices = ["decision.rejected"]
+        plan = [Step(Do.REJECT, version)]
+        outcome = Outcome.REJECTED
+        if result.state is State.APPROVED:
+            reason = (
+                f"Approved by reviewers {', '.join(result.reviewers)} ({len(result.approvals)} of "
+                f"{result.needed} approvals needed), the automated checks passing again at "
+                f"promotion. {decision.reason}"
+            )
+            policies = self.policies.covering(model, target)
+            plan = [Step(Do.APPROVE, version, archive=archive_existing(policies, target))]
+            notices, outcome = ["decision.approved"], Outcome.APPROVED
+        elif result.state is State.REJECTED and result.rejection is not None:
+            vote = result.rejection
+            reason = f"Rejected by reviewer {vote.reviewer}: {vote.comment or '(no comment)'}"
+        else:
+            expires = pending.expires_at
+            when = expires.isoformat(timespec="seconds") if expires else "?"
+            reason = (
+                f"Rejected: the review expired at {when} with {len(result.approvals)} of "
+                f"{result.needed} approvals needed. Request the promotion again to start a new "
+                "review."
+            )
+            notices = ["review.expired", "decision.rejected"]
+        summary = {**pending.to_dict(), "votes": [_vote_dict(v) for v in votes]}
+        rec = self._record(
+            turn,
+            version,
+            decision,
+            outcome,
+            reason,
+            facts,
+            plan,
+            notices=notices,
+            extra={"review": summary},
+            closes=review,
+        )
+        return self._act(turn, replace(rec, requested_by=requester.name), request)
+
+    def _vote_notice(
+        self, turn: _Turn, review: RecordedDecision, pending: Pending, votes: Sequence[Vote]
+    ) -> None:
+        """`review.approved` for the vote this event carries (event id `vote-<id>`)."""
+        event = turn.event
+        cast = [v for v in votes if f"vote-{v.id}" == event.event_id]
+        if not cast or cast[0].verdict is not Verdict.APPROVE:
+            return
+        approvals = [v.reviewer for v in votes if v.verdict is Verdict.APPROVE]
+        data = self._notice_data(review, review.reason)
+        data.update(
+            reviewer=cast[0].reviewer,
+            comment=cast[0].comment,
+            reviewers=approvals,
+            approvals=len(approvals),
+            approvals_needed=pending.need.approvals,
+        )
+        turn.keep()
+        self.notify(
+            Notice("review.approved", event.event_id, cast[0].cast_at, review.policies, data)
+        )
+
+    def _supersede_review(self, turn: _Turn, review: RecordedDecision, newer: str) -> None:
+        """A new request for the same target replaces the review pending there: its version is
+        shown superseded, and its votes do not carry over."""
+        target = target_of(review)
+        reason = (
+            f"The review pending for version {review.version} to {target} was superseded by a "
+            f"new request of version {newer} to it; nothing moved. Its votes do not carry over: "
+            "request this version again to start a new review."
+        )
+        decision = Decision.without_checks(target, review.policies, reason)
+        rec = self._record(
+            turn, review.version, decision, Outcome.SUPERSEDED, reason, None, (), closes=review
+        )
+        self._act(turn, replace(rec, requested_by=review.requested_by), None)
+
+    def _requester(
+        self, kind: RegistryKind, request: Request, review: RecordedDecision | None
+    ) -> Person:
+        """Who asked, and how the gate knows: the review pending for this version says; else a
+        request made through the gate (authenticated); else the registry's own record; else a
+        tag anyone may write; else nobody."""
+        if review is not None:
+            return Pending.from_facts(review.facts, review.decided_at).requester
+        candidate = request.candidate
+        asked = self.ledger.asked(kind, candidate.model, candidate.version, request.target.name)
+        if asked is not None:
+            return Person(asked.requested_by, BY_GATE)
+        if request.requested_by:
+            return Person(
+                request.requested_by, BY_REGISTRY if request.requester_verified else BY_TAG
+            )
+        return Person(None, UNKNOWN)
+
+    def reviews_due(self) -> list[GateEvent]:
+        """Events for the pending reviews that can be decided now (a rejection, enough
+        approvals, expired): the sweep sends them, in case their vote's event was lost."""
+        now = self.clock()
+        due: list[GateEvent] = []
+        for review in self.ledger.open_reviews():
+            if review.registry not in self.registries:
+                continue
+            pending = Pending.from_facts(review.facts, review.decided_at)
+            state = tally(pending, self.ledger.votes(review.id), now).state
+            if state is State.PENDING:
+                continue
+            due.append(
+                GateEvent(
+                    event_id=f"review-{review.id}-{state.value}",
+                    registry=review.registry,
+                    origin=Origin.REVIEW,
+                    kind=Kind.REQUEST,
+                    model=review.model,
+                    version=review.version,
+                    target=review.target,
+                    received_at=now.timestamp(),
+                    webhook_event="review.due",
+                )
+            )
+        return due
 
     def _not_open(self, turn: _Turn, version: str, target: Target | None) -> str:
         model = turn.event.model
@@ -164,8 +369,11 @@ class Pipeline:
         policies = self.policies.covering(model, target) if target else []
         decision = Decision.without_checks(target or Target("", False), _names(policies), reason)
         rec = self._record(turn, version, decision, Outcome.SKIPPED, reason, None, ())
+        review = self.ledger.open_review(turn.registry.kind, model, target.name) if target else None
         turn.keep()
-        self.ledger.record(rec.row(None))
+        skipped = self.ledger.record(rec.row(None))
+        if review is not None and review.version == version:  # withdrawn while under review
+            self.ledger.supersede(review.id, skipped)
         self._count(rec.outcome)
         return f"{model} v{version}: no open request{where}; nothing done"
 
@@ -200,7 +408,8 @@ class Pipeline:
             plan, undone = self._undo(registry, model, target, subject, approved)
             reason = f"{outside} and fails the policy, so {undone}. {decision.reason}"
         outcome = Outcome.APPROVED if decision.approved else Outcome.REJECTED
-        rec = self._record(turn, subject, decision, outcome, reason, facts, plan)
+        notices = ["guard.reverted"] if plan else []
+        rec = self._record(turn, subject, decision, outcome, reason, facts, plan, notices=notices)
         return self._act(turn, rec, None)
 
     def _subject(self, turn: _Turn, target: Target) -> str | None:
@@ -265,7 +474,10 @@ class Pipeline:
             action = "reported"
         VIOLATIONS.labels(registry.kind.value, target.name, action).inc()
         decision = Decision.without_checks(target, _names(policies), reason)
-        rec = self._record(turn, version, decision, Outcome.VIOLATION, reason, None, plan)
+        notices = ["guard.reverted"] if plan else []
+        rec = self._record(
+            turn, version, decision, Outcome.VIOLATION, reason, None, plan, notices=notices
+        )
         return self._act(turn, rec, None)
 
     # -- an operator's rollback -------------------------------------------------------------
@@ -368,6 +580,10 @@ class Pipeline:
                 f"decision {recorded.id} ({model} v{version} {recorded.outcome.value} for "
                 f"{target}) was superseded by decision {newer.id}: nothing more done"
             )
+        closes = recorded.facts.get("closes_review")
+        if isinstance(closes, int):  # the review this decision answers is over
+            turn.keep()
+            self.ledger.supersede(closes, recorded.id)
         decision = decision_of(recorded)
         done: list[str] = []
         try:
@@ -388,6 +604,7 @@ class Pipeline:
         if recorded.outcome.shown_on_version:
             turn.keep()
             registry.show(model, version, version_tags(replace(recorded, reason=reason)))
+        self._announce(turn, recorded, reason)
         turn.keep()
         self.ledger.mark_done(recorded.id, reason)
         self._count(recorded.outcome)
@@ -400,6 +617,54 @@ class Pipeline:
             reason,
         )
         return f"{model} v{version} {recorded.outcome.value} for {target}"
+
+    def _announce(self, turn: _Turn, recorded: RecordedDecision, reason: str) -> None:
+        """Queue the decision's notices (before it is marked done: a retry sends them again,
+        with the same ids, rather than never)."""
+        types = [str(t) for t in recorded.facts.get("notices") or ()]
+        if not types:
+            return
+        data = self._notice_data(recorded, reason)
+        for notice_type in types:
+            turn.keep()
+            self.notify(
+                Notice(
+                    notice_type,
+                    f"decision-{recorded.id}",
+                    recorded.decided_at,
+                    recorded.policies,
+                    data,
+                )
+            )
+
+    def _notice_data(self, recorded: RecordedDecision, reason: str) -> dict[str, Any]:
+        review = recorded.facts.get("review")
+        votes = review.get("votes", []) if isinstance(review, Mapping) else []
+        data: dict[str, Any] = {
+            "decision_id": recorded.id,
+            "registry": recorded.registry.value,
+            "model": recorded.model,
+            "version": recorded.version,
+            "target": recorded.target,
+            "target_kind": recorded.target_kind.value,
+            "outcome": recorded.outcome.value,
+            "reason": reason,
+            "checks": [c.to_dict() for c in recorded.checks],
+            "policies": list(recorded.policies),
+            "requested_by": recorded.requested_by,
+            "reviewers": [v["reviewer"] for v in votes if v.get("verdict") == "approve"],
+            "decided_at": recorded.decided_at.isoformat(),
+            "links": self.links(recorded.model, recorded.version),
+        }
+        if isinstance(review, Mapping):
+            data["review"] = {
+                "approvals_needed": review.get("approvals"),
+                "expires_at": review.get("expires_at"),
+                "requester": review.get("requester"),
+                "creator": review.get("creator"),
+                "votes": votes,
+            }
+        return data
 
     def _failed(self, turn: _Turn, recorded: RecordedDecision, error: PermanentError) -> None:
         """A step failed for good: the approval it granted is revoked (never approve on an
@@ -454,8 +719,19 @@ class Pipeline:
         reason: str,
         facts: Facts | None,
         plan: Sequence[Step],
+        *,
+        notices: Sequence[str] = (),
+        extra: Mapping[str, Any] | None = None,
+        closes: RecordedDecision | None = None,
     ) -> Record:
-        evaluated_facts = evaluated(facts) if facts is not None else {}
+        """The decision to record: what was evaluated, the plan, the notices to send once it is
+        carried out, and the review it closes (if any)."""
+        evaluated_facts: dict[str, Any] = evaluated(facts) if facts is not None else {}
+        evaluated_facts.update(extra or {})
+        if notices:
+            evaluated_facts["notices"] = list(notices)
+        if closes is not None:
+            evaluated_facts["closes_review"] = closes.id
         return Record(
             registry=turn.registry.kind,
             model=turn.event.model,
@@ -518,3 +794,41 @@ def _exists(registry: Registry, model: str, version: str) -> bool:
 
 def _names(policies: Sequence[Policy]) -> list[str]:
     return [p.name for p in policies]
+
+
+def _asked_for_review(
+    pending: Pending, model: str, version: str, target: Target, decision: Decision
+) -> str:
+    need = pending.need
+    who = "; ".join(
+        f"policy {name}: "
+        + " or ".join(
+            part
+            for part in (
+                ", ".join(names) if names else "",
+                f"members of role {role}" if role else "",
+            )
+            if part
+        )
+        for name, names, role in need.gates
+    )
+    expires = pending.expires_at
+    until = f" It expires at {expires.isoformat(timespec='seconds')}." if expires else ""
+    return (
+        f"Pending review: the automated checks pass; {need.approvals} approval(s) from "
+        f"reviewers ({who or 'anyone signed in'}) are needed before {target.kind} '{target}' "
+        f"moves. {pending.requester.says('requested').capitalize()}; "
+        f"{pending.creator.says('created')}; neither may approve.{until} Reviewers: "
+        f"`mlflow-gate review approve {model} {version} --target {target}` (or reject "
+        f"with --comment). {decision.reason}"
+    )
+
+
+def _vote_dict(vote: Vote) -> dict[str, Any]:
+    return {
+        "reviewer": vote.reviewer,
+        "verdict": vote.verdict.value,
+        "comment": vote.comment,
+        "identified_by": vote.identified_by,
+        "cast_at": vote.cast_at.isoformat(),
+    }

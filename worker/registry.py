@@ -27,6 +27,13 @@ class Request:
     target: Target
     requested_by: str | None  # None: the registry does not say who asked
     decided: bool = False  # the registry already shows a decision answering this request
+    # True: the registry itself recorded who asked (a transition request's user), so it can be
+    # trusted; False: anyone could have written it (a tag).
+    requester_verified: bool = False
+
+
+class RegistryRefused(GateError):
+    """The registry cannot do what was asked through the gate (the message says what to do)."""
 
 
 class RequestWithdrawn(GateError):
@@ -57,6 +64,12 @@ class Registry(Protocol):
     def request(self, model: str, version: str, target: Target | None) -> Request | None:
         """The version's open request (to `target`, where the event names one); None if it
         has none any more."""
+        ...
+
+    def ask(self, model: str, version: str, target: Target, requested_by: str) -> None:
+        """Open a request for the version to the target on the registry, on behalf of
+        `requested_by` (whom the gate authenticated). RegistryRefused if the registry has its
+        own way of asking (the user must ask there)."""
         ...
 
     # -- what the gate approved: its ledger remembers; the registry only shows it ----------

@@ -14,14 +14,18 @@ from shared.ledger.errors import LedgerError, LedgerUnavailable
 from shared.ledger.ledger import Ledger
 from shared.ledger.records import (
     ActionState,
+    Asked,
     DecisionRow,
     RecordedDecision,
     TargetKind,
     Tenure,
+    Verdict,
+    Vote,
 )
 
 __all__ = [
     "ActionState",
+    "Asked",
     "DecisionRow",
     "Ledger",
     "LedgerError",
@@ -29,4 +33,6 @@ __all__ = [
     "RecordedDecision",
     "TargetKind",
     "Tenure",
+    "Verdict",
+    "Vote",
 ]

@@ -23,12 +23,29 @@ from shared.ledger import engine as engines
 from shared.ledger import migrate
 from shared.ledger.errors import LedgerError
 from shared.ledger.globs import ESCAPE, like_pattern, matches
-from shared.ledger.records import ActionState, DecisionRow, RecordedDecision, Tenure, utc
-from shared.ledger.rows import decision_from_row, decision_values, tenure_from_row
-from shared.ledger.schema import approvals, decisions
+from shared.ledger.records import (
+    ActionState,
+    Asked,
+    DecisionRow,
+    RecordedDecision,
+    Tenure,
+    Verdict,
+    Vote,
+    utc,
+)
+from shared.ledger.rows import (
+    asked_from_row,
+    decision_from_row,
+    decision_values,
+    tenure_from_row,
+    vote_from_row,
+)
+from shared.ledger.schema import approvals, decisions, requests, votes
 from shared.outcomes import Outcome
 
 log = logging.getLogger(__name__)
+
+_MOVES_NOTHING = (Outcome.PENDING_REVIEW.value, Outcome.SUPERSEDED.value)
 
 _APPROVE_ATTEMPTS = 3
 _STANDING = (
@@ -202,6 +219,9 @@ class Ledger:
             *_about(decision.registry, decision.model, decision.target),
             decisions.c.id > decision.id,
             decisions.c.action_state.in_(_STANDING),
+            # A review asked for, or superseded, moves nothing: it must not stop an earlier
+            # decision's action.
+            decisions.c.outcome.notin_(_MOVES_NOTHING),
         )
 
     def _newest(self, *where: sa.ColumnElement[bool]) -> RecordedDecision | None:
@@ -247,6 +267,141 @@ class Ledger:
             finally:
                 result.close()
         return found
+
+    # --- human review -----------------------------------------------------------------------
+
+    def open_review(
+        self, registry: RegistryKind, model: str, target: str
+    ) -> RecordedDecision | None:
+        """The review pending on `target`, if any: the newest pending_review decision there
+        that no later decision replaced (one at most: a new request supersedes it)."""
+        return self._newest(*_about(RegistryKind(registry), model, target), *_open_review())
+
+    def open_reviews(self, registry: RegistryKind | None = None) -> list[RecordedDecision]:
+        """Every review pending, oldest first."""
+        query = sa.select(decisions).where(*_open_review()).order_by(decisions.c.id)
+        if registry is not None:
+            query = query.where(decisions.c.registry == RegistryKind(registry).value)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [decision_from_row(row._mapping) for row in rows]
+
+    def vote(
+        self,
+        decision_id: int,
+        reviewer: str,
+        verdict: Verdict,
+        comment: str | None,
+        identified_by: str,
+        at: datetime,
+    ) -> tuple[Vote, bool]:
+        """Record `reviewer`'s verdict on review `decision_id`; returns the vote and whether it
+        is new (a reviewer votes once: their earlier vote is given back unchanged)."""
+        values = {
+            "decision_id": decision_id,
+            "reviewer": reviewer,
+            "verdict": Verdict(verdict).value,
+            "comment": comment,
+            "identified_by": identified_by,
+            "cast_at": utc(at, "at"),
+        }
+        try:
+            with self._write() as conn:
+                self._require_decision(conn, decision_id)
+                new_id = _new_id(conn.execute(sa.insert(votes).values(**values)))
+        except sa.exc.IntegrityError:
+            earlier = self._vote_of(decision_id, reviewer)
+            if earlier is None:
+                raise
+            return earlier, False
+        cast = self._vote_by_id(new_id)
+        if cast is None:  # pragma: no cover - just written in this transaction's commit
+            raise LedgerError(f"vote {new_id} vanished after it was written")
+        return cast, True
+
+    def votes(self, decision_id: int) -> list[Vote]:
+        """The votes cast on review `decision_id`, oldest first."""
+        query = sa.select(votes).where(votes.c.decision_id == decision_id).order_by(votes.c.id)
+        with self._read() as conn:
+            return [vote_from_row(row._mapping) for row in conn.execute(query).all()]
+
+    def _vote_of(self, decision_id: int, reviewer: str) -> Vote | None:
+        query = sa.select(votes).where(
+            votes.c.decision_id == decision_id, votes.c.reviewer == reviewer
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return vote_from_row(row._mapping) if row is not None else None
+
+    def _vote_by_id(self, vote_id: int) -> Vote | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(votes).where(votes.c.id == vote_id)).first()
+        return vote_from_row(row._mapping) if row is not None else None
+
+    def ask(
+        self,
+        registry: RegistryKind,
+        model: str,
+        version: str,
+        target: str,
+        requested_by: str,
+        identified_by: str,
+        at: datetime,
+        comment: str | None = None,
+    ) -> Asked:
+        """Record a promotion requested through the gate by an authenticated user."""
+        values = {
+            "registry": RegistryKind(registry).value,
+            "model": model,
+            "version": version,
+            "target": target,
+            "requested_by": requested_by,
+            "identified_by": identified_by,
+            "requested_at": utc(at, "at"),
+            "comment": comment,
+        }
+        with self._write() as conn:
+            new_id = _new_id(conn.execute(sa.insert(requests).values(**values)))
+        return Asked(
+            id=new_id,
+            registry=RegistryKind(registry),
+            model=model,
+            version=version,
+            target=target,
+            requested_by=requested_by,
+            identified_by=identified_by,
+            requested_at=utc(at, "at"),
+            comment=comment,
+        )
+
+    def asked(self, registry: RegistryKind, model: str, version: str, target: str) -> Asked | None:
+        """The newest request made through the gate for `version` to `target` that no decision
+        answered yet (one made before the latest decision there was answered by it)."""
+        kind = RegistryKind(registry)
+        answered = (
+            sa.select(sa.func.max(decisions.c.decided_at))
+            .where(
+                *_about(kind, model, target),
+                decisions.c.version == version,
+                decisions.c.outcome != Outcome.SKIPPED.value,
+            )
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(requests)
+            .where(
+                requests.c.registry == kind.value,
+                requests.c.model == model,
+                requests.c.version == version,
+                requests.c.target == target,
+                sa.or_(answered.is_(None), requests.c.requested_at > answered),
+            )
+            .order_by(requests.c.id.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return asked_from_row(row._mapping) if row is not None else None
 
     # --- approvals --------------------------------------------------------------------------
 
@@ -431,6 +586,17 @@ def _open(registry: RegistryKind, model: str, target: str) -> tuple[sa.ColumnEle
         approvals.c.model == model,
         approvals.c.target == target,
         approvals.c.ended_at.is_(None),
+    )
+
+
+def _open_review() -> tuple[sa.ColumnElement[Any], ...]:
+    return (
+        decisions.c.outcome == Outcome.PENDING_REVIEW.value,
+        decisions.c.superseded_by.is_(None),
+        sa.or_(
+            decisions.c.action_state.is_(None),
+            decisions.c.action_state != ActionState.FAILED.value,
+        ),
     )
 
 

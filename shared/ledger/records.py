@@ -98,3 +98,36 @@ class Tenure:
     @property
     def current(self) -> bool:
         return self.ended_at is None
+
+
+class Verdict(str, Enum):
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class Vote:
+    """A reviewer's verdict on a pending review (decision `decision_id`)."""
+
+    id: int
+    decision_id: int
+    reviewer: str
+    verdict: Verdict
+    comment: str | None
+    identified_by: str  # how the gate knew who the reviewer is: mlflow | proxy
+    cast_at: datetime
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A promotion requested through the gate by an authenticated user."""
+
+    id: int
+    registry: RegistryKind
+    model: str
+    version: str
+    target: str
+    requested_by: str
+    identified_by: str
+    requested_at: datetime
+    comment: str | None = None

@@ -11,7 +11,16 @@ from sqlalchemy.engine import RowMapping
 
 from shared.evaluation import Check
 from shared.events import Origin, RegistryKind
-from shared.ledger.records import ActionState, DecisionRow, RecordedDecision, TargetKind, Tenure
+from shared.ledger.records import (
+    ActionState,
+    Asked,
+    DecisionRow,
+    RecordedDecision,
+    TargetKind,
+    Tenure,
+    Verdict,
+    Vote,
+)
 from shared.outcomes import Outcome
 
 
@@ -111,4 +120,30 @@ def tenure_from_row(row: RowMapping) -> Tenure:
         requested_by=row["requested_by"],
         acted_by=row["acted_by"],
         revoked=bool(row["revoked"]),
+    )
+
+
+def vote_from_row(row: RowMapping) -> Vote:
+    return Vote(
+        id=int(row["id"]),
+        decision_id=int(row["decision_id"]),
+        reviewer=row["reviewer"],
+        verdict=Verdict(row["verdict"]),
+        comment=row["comment"],
+        identified_by=row["identified_by"],
+        cast_at=row["cast_at"],
+    )
+
+
+def asked_from_row(row: RowMapping) -> Asked:
+    return Asked(
+        id=int(row["id"]),
+        registry=RegistryKind(row["registry"]),
+        model=row["model"],
+        version=row["version"],
+        target=row["target"],
+        requested_by=row["requested_by"],
+        identified_by=row["identified_by"],
+        requested_at=row["requested_at"],
+        comment=row["comment"],
     )

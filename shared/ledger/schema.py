@@ -127,3 +127,40 @@ approvals = sa.Table(
         postgresql_where=sa.text("ended_at IS NULL"),
     ),
 )
+
+# A reviewer's verdict on a pending review (a decision whose outcome is pending_review): at most
+# one per reviewer and review.
+votes = sa.Table(
+    "votes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "decision_id",
+        sa.Integer,
+        sa.ForeignKey("decisions.id", name="fk_votes_decision_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("reviewer", sa.String(256), nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),  # approve | reject
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("identified_by", sa.String(32), nullable=False),  # mlflow | proxy
+    sa.Column("cast_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("decision_id", "reviewer", name="uq_votes_decision_reviewer"),
+)
+
+# A promotion requested through the gate by an authenticated user: who asked is known, unlike a
+# request made by setting the governance.request tag.
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("registry", sa.String(32), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("requested_by", sa.String(256), nullable=False),
+    sa.Column("identified_by", sa.String(32), nullable=False),
+    sa.Column("requested_at", UtcDateTime, nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Index("ix_requests_registry_model_version_target", "registry", "model", "version", "target"),
+)

@@ -218,9 +218,9 @@ def test_db_upgrade_creates_then_keeps_the_schema(tmp_path: Path) -> None:
 
     first = gate(url, "db", "upgrade")
     assert first.returncode == 0, first.stderr
-    assert "upgraded from an empty database to revision 0002" in first.stdout
+    assert "upgraded from an empty database to revision 0003" in first.stdout
     second = gate(url, "db", "upgrade")
-    assert second.returncode == 0 and "already at revision 0002" in second.stdout
+    assert second.returncode == 0 and "already at revision 0003" in second.stdout
     assert gate(url, "audit").stdout.strip() == "no decisions in the ledger"
 
 

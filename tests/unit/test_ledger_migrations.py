@@ -73,9 +73,21 @@ def expect_0001(ledger: Ledger) -> None:
     assert ledger.standing(RegistryKind.MLFLOW, "fraud-detector", "champion") == {"1", "3"}
 
 
+def seed_0002(conn: Connection) -> None:
+    seed_0001(conn)
+    conn.execute(sa.text("UPDATE approvals SET revoked = :yes WHERE version = '2'"), {"yes": True})
+
+
+def expect_0002(ledger: Ledger) -> None:
+    """0003 adds tables only: what 0002 held reads back as it was; no review is open."""
+    expect_0001(ledger)
+    assert ledger.open_reviews() == []
+    assert ledger.asked(RegistryKind.MLFLOW, "fraud-detector", "3", "champion") is None
+
+
 # Keyed by the revision the data is written at.
-SEED: dict[str, Callable[[Connection], None]] = {"0001": seed_0001}
-EXPECT: dict[str, Callable[[Ledger], None]] = {"0001": expect_0001}
+SEED: dict[str, Callable[[Connection], None]] = {"0001": seed_0001, "0002": seed_0002}
+EXPECT: dict[str, Callable[[Ledger], None]] = {"0001": expect_0001, "0002": expect_0002}
 
 
 def tables(engine: Engine) -> set[str]:
@@ -85,7 +97,7 @@ def tables(engine: Engine) -> set[str]:
 def test_the_chain_is_linear_from_the_base() -> None:
     assert PAIRS[0][0] is None
     assert [revision for _, revision in PAIRS[:-1]] == [previous for previous, _ in PAIRS[1:]]
-    assert PAIRS[-1][1] == HEAD == "0002"
+    assert PAIRS[-1][1] == HEAD == "0003"
 
 
 def test_every_revision_but_the_head_has_seed_data() -> None:

@@ -38,6 +38,9 @@ class Registries:
     def __iter__(self) -> Iterator[Registry]:
         return iter(self._by_kind.values())
 
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._by_kind
+
 
 def open_source(settings: Settings) -> mlflow.MlflowRegistry:
     return mlflow.MlflowRegistry(RestClient(mlflow.service(settings)))

@@ -22,7 +22,7 @@ from shared.events import GateEvent, Kind, RegistryKind, found_by_sweep
 from shared.policy import STAGES, PolicySet, Target
 from shared.settings import DatabricksSettings
 from worker.registries.endpoints import Endpoints
-from worker.registry import Request, RequestWithdrawn
+from worker.registry import RegistryRefused, Request, RequestWithdrawn
 from worker.rest import Json, RestClient, Service
 
 REQUESTS_LIST = "/api/2.0/mlflow/transition-requests/list"
@@ -111,12 +111,20 @@ class DatabricksRegistry:
             candidate=self.version(model, version),
             target=target,
             requested_by=str(pending.get("user_id") or "") or None,
+            requester_verified=True,
         )
 
     def transition_requests(self, model: str, version: str) -> list[Json]:
         """The open transition requests of a version (with who asked: `user_id`)."""
         body = self.rest.call("GET", REQUESTS_LIST, params={"name": model, "version": version})
         return [r for r in body.get("requests", []) if isinstance(r, dict)]
+
+    def ask(self, model: str, version: str, target: Target, requested_by: str) -> None:
+        raise RegistryRefused(
+            "the workspace registry has its own transition requests, which record who made "
+            f"them: request the transition of {model} version {version} to {target} in the "
+            "workspace (UI or API); the gate decides it from there"
+        )
 
     # -- what the gate approved -------------------------------------------------------------
     def show_approval(self, model: str, target: Target, version: str) -> None:

@@ -71,7 +71,10 @@ class Endpoints:
                 ) from exc
             except MlflowRequestError as exc:
                 problem = f"the run could not be read: {exc}"
-        creator = str(mv.get("user_id") or "") or (run.tags.get(tags.RUN_USER) if run else None)
+        recorded = str(mv.get("user_id") or "") or None
+        run_user = (run.tags.get(tags.RUN_USER) if run else None) or None
+        creator = recorded or run_user
+        source = "registry" if recorded else ("run" if run_user else None)
         return VersionFacts(
             model=str(mv["name"]),
             version=str(mv["version"]),
@@ -80,7 +83,8 @@ class Endpoints:
             run_id=run_id,
             run=run,
             run_problem=problem,
-            created_by=creator or None,
+            created_by=creator,
+            created_by_source=source,
             stage=str(mv.get("current_stage") or "None"),
         )
 

@@ -91,6 +91,13 @@ class MlflowRegistry:
             decided=not undecided(candidate.tags),
         )
 
+    def ask(self, model: str, version: str, target: Target, requested_by: str) -> None:
+        """The tags an engineer would set, the requester first: the request's webhook finds it
+        (the gate's ledger, not this tag, is what it trusts about who asked)."""
+        self.api.model_version(model, version)  # MlflowNotFound: no such version
+        self.api.set_version_tag(model, version, tags.REQUESTED_BY, requested_by)
+        self.api.set_version_tag(model, version, tags.REQUEST, target.name)
+
     # -- what the gate approved -------------------------------------------------------------
     def show_approval(self, model: str, target: Target, version: str) -> None:
         self.api.set_model_tag(model, tags.approved_pointer(target.name), version)
