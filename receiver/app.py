@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from flask import Blueprint, Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from receiver.admin import admin_blueprint
+from receiver.api import api_blueprint
 from receiver.intake import Intake
 from receiver.metrics import metrics_blueprint
 from receiver.responses import answer
 from receiver.sources import inbound_sources
 from receiver.webhooks import add_webhook_route
 from shared.deadletter import DeadLetterStore
+from shared.events import RegistryKind
+from shared.identity import Identities
+from shared.ledger import Ledger
 from shared.queue import Publish, create_celery, publisher
 from shared.settings import Settings
 from shared.urls import scrubbed
@@ -48,8 +53,33 @@ def create_app(
         app.register_blueprint(
             admin_blueprint(settings.admin_token, DeadLetterStore(client), publish)
         )
+    app.register_blueprint(_people_api(settings, publish))
     app.register_error_handler(HTTPException, _http_error)
     return app
+
+
+def _people_api(settings: Settings, publish: Publish) -> Blueprint:
+    """/api/v1: requests and reviews by authenticated people. Its ledger and registry clients
+    are made on first use, in the serving process (after gunicorn forks)."""
+    made: dict[str, Any] = {}
+
+    def ledger() -> Ledger:
+        if "ledger" not in made:
+            book = Ledger(settings.database_url)
+            book.check_current()
+            made["ledger"] = book
+        found: Ledger = made["ledger"]
+        return found
+
+    def registry(kind: RegistryKind) -> Any:
+        from worker.registries import one  # the registry seam, for `ask`
+
+        key = f"registry:{kind.value}"
+        if key not in made:
+            made[key] = one(settings, kind)
+        return made[key]
+
+    return api_blueprint(Identities(settings), ledger, registry, publish)
 
 
 def _health_blueprint(client: redis.Redis) -> Blueprint:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from shared.ledger.records import Verdict, Vote
+from shared.ledger.records import RecordedDecision, Verdict, Vote
 from shared.policy import ReviewNeed
 
 # How the gate knows who asked for a promotion.
@@ -176,3 +176,41 @@ def refusal(
         who = " or ".join(a for a in allowed if a)
         return f"you are not a reviewer for policy '{policy}' (it allows {who})"
     return None
+
+
+def summary(review: RecordedDecision, votes: Sequence[Vote], now: datetime) -> dict[str, Any]:
+    """A pending review as the API, the CLI and the console show it."""
+    pending = Pending.from_facts(review.facts, review.decided_at)
+    result = tally(pending, votes, now)
+    expires = pending.expires_at
+    return {
+        "id": review.id,
+        "registry": review.registry.value,
+        "model": review.model,
+        "version": review.version,
+        "target": review.target,
+        "target_kind": review.target_kind.value,
+        "state": result.state.value,
+        "opened_at": review.decided_at.isoformat(),
+        "expires_at": expires.isoformat() if expires is not None else None,
+        "approvals_needed": pending.need.approvals,
+        "approvals": result.reviewers,
+        "reviewers_allowed": [
+            {"policy": name, "reviewers": list(names), "role": role}
+            for name, names, role in pending.need.gates
+        ],
+        "votes": [
+            {
+                "reviewer": v.reviewer,
+                "verdict": v.verdict.value,
+                "comment": v.comment,
+                "cast_at": v.cast_at.isoformat(),
+            }
+            for v in votes
+        ],
+        "requester": {**pending.requester.to_dict(), "says": pending.requester.says("requested")},
+        "creator": {**pending.creator.to_dict(), "says": pending.creator.says("created")},
+        "policies": list(review.policies),
+        "checks": [c.to_dict() for c in review.checks],
+        "reason": review.reason,
+    }

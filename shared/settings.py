@@ -6,6 +6,7 @@ of parsers that fall back to the field's default.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -82,6 +83,12 @@ class Settings:
     database_url: str = field(default="sqlite:///.mlflow-gate/ledger.db", repr=False)
     # The Databricks workspace registry (GATE_DATABRICKS_*); None when not configured.
     databricks: DatabricksSettings | None = None
+    # Behind a single-sign-on proxy: the header naming the signed-in user, believed only from
+    # these peer addresses (IPs or CIDR networks).
+    trusted_user_header: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    # Where `mlflow-gate request` and `mlflow-gate review` reach the gate's HTTP API.
+    gate_url: str = "http://localhost:8080"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +134,9 @@ class Settings:
             ),
             databricks=_workspace(read),
             database_url=read.text("GATE_DATABASE_URL", "database_url").strip(),
+            trusted_user_header=(read.optional("GATE_TRUSTED_USER_HEADER") or "").strip() or None,
+            trusted_proxies=_networks(read.optional("GATE_TRUSTED_PROXIES")),
+            gate_url=read.text("GATE_URL", "gate_url").strip().rstrip("/"),
         ).with_tracking_uri(read.text("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
         _check(settings)
         return settings
@@ -196,6 +206,23 @@ def _workspace(read: _Reader) -> DatabricksSettings | None:
     return section
 
 
+def _networks(raw: str | None) -> tuple[str, ...]:
+    """GATE_TRUSTED_PROXIES: comma-separated IP addresses or CIDR networks."""
+    found: list[str] = []
+    for part in (raw or "").split(","):
+        text = part.strip()
+        if not text:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"GATE_TRUSTED_PROXIES: {text!r} is not an IP address or network; write e.g. "
+                "GATE_TRUSTED_PROXIES=10.0.0.5,10.1.0.0/16"
+            ) from None
+    return tuple(found)
+
+
 def _check(settings: Settings) -> None:
     if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
         raise ConfigError(
@@ -214,6 +241,17 @@ def _check(settings: Settings) -> None:
             f"GATE_LOG_LEVEL={settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR"
         )
     database_url.parse(settings.database_url, "GATE_DATABASE_URL")
+    if settings.trusted_user_header and not settings.trusted_proxies:
+        raise ConfigError(
+            f"GATE_TRUSTED_USER_HEADER={settings.trusted_user_header} is set but "
+            "GATE_TRUSTED_PROXIES is not: the header would be believed from nobody; list the "
+            "proxy's addresses (anyone else could send the header)"
+        )
+    if not settings.gate_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"GATE_URL={redacted(settings.gate_url)!r} is not an http(s) URL; point it at the "
+            "gate's receiver, e.g. http://localhost:8080"
+        )
 
 
 class _Reader:

@@ -203,6 +203,14 @@ class Ledger:
         with self._read() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
+    def latest(
+        self, registry: RegistryKind, model: str, version: str, target: str
+    ) -> RecordedDecision | None:
+        """The newest decision on `version` for `target`."""
+        return self._newest(
+            *_about(RegistryKind(registry), model, target), decisions.c.version == version
+        )
+
     def pending(self, registry: RegistryKind, model: str, target: str) -> RecordedDecision | None:
         """The newest decision on `target` whose action on the registry is not done yet and
         that nothing superseded: what a retry (or the next decision there) must finish first."""
