@@ -385,6 +385,82 @@ def audit_prune(before: str, yes: bool) -> None:
     commands.prune(load_settings(), before, yes=yes, echo=click.echo)
 
 
+_REGISTRY = click.option(
+    "--registry",
+    type=click.Choice([k.value for k in RegistryKind]),
+    default=RegistryKind.MLFLOW.value,
+    show_default=True,
+    help="Which registry the model is in.",
+)
+
+
+@main.command("request")
+@click.argument("model")
+@click.argument("version")
+@click.option("--target", required=True, help="The alias (champion) or stage (Production).")
+@click.option("--comment", default=None, help="Why, for the reviewers.")
+@_REGISTRY
+@friendly_errors
+def request_command(
+    model: str, version: str, target: str, comment: str | None, registry: str
+) -> None:
+    """Request the promotion of a version, as yourself (MLflow credentials), through the gate at
+    GATE_URL. Exit 0 requested, 1 refused, 2 usage."""
+    from cli.people import GateApi, request_promotion
+
+    api = GateApi(load_settings())
+    sys.exit(request_promotion(api, model, version, target, comment, registry, click.echo))
+
+
+@main.group()
+def review() -> None:
+    """Human review: list what waits, approve or reject, as yourself (MLflow credentials),
+    through the gate at GATE_URL. Exit 0 done, 1 refused, 2 usage."""
+
+
+@review.command("list")
+@click.option("--mine", is_flag=True, help="Only the reviews you may vote on.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def review_list(mine: bool, as_json: bool) -> None:
+    """The reviews pending, with their approvals so far."""
+    from cli.people import GateApi, list_reviews
+
+    sys.exit(list_reviews(GateApi(load_settings()), mine, as_json, click.echo))
+
+
+@review.command("approve")
+@click.argument("model")
+@click.argument("version")
+@click.option("--target", required=True)
+@click.option("--comment", default=None)
+@_REGISTRY
+@friendly_errors
+def review_approve(
+    model: str, version: str, target: str, comment: str | None, registry: str
+) -> None:
+    """Approve a pending review."""
+    from cli.people import GateApi, vote
+
+    api = GateApi(load_settings())
+    sys.exit(vote(api, "approve", model, version, target, comment, registry, click.echo))
+
+
+@review.command("reject")
+@click.argument("model")
+@click.argument("version")
+@click.option("--target", required=True)
+@click.option("--comment", required=True, help="Why: shown in governance.reason.")
+@_REGISTRY
+@friendly_errors
+def review_reject(model: str, version: str, target: str, comment: str, registry: str) -> None:
+    """Reject a pending review (with a comment saying why)."""
+    from cli.people import GateApi, vote
+
+    api = GateApi(load_settings())
+    sys.exit(vote(api, "reject", model, version, target, comment, registry, click.echo))
+
+
 @policy.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=str))
 def policy_check(file: str) -> None:

@@ -156,10 +156,27 @@ def sweep() -> str:
     next interval tries again."""
     rt = runtime.current()
     publish = publisher(sweep.app)
-    return "; ".join(
+    reports = [
         _sweep_safely(registry, rt.policies, rt.clients.pipeline.owed, publish)
         for registry in rt.clients.registries
-    )
+    ]
+    return "; ".join([*reports, _reviews_due(rt.clients.pipeline.reviews_due, publish)])
+
+
+def _reviews_due(due: Callable[[], list[GateEvent]], publish: Publish) -> str:
+    """Pending reviews that can be decided (a rejection, enough approvals, expired), in case the
+    event of their vote was lost: sent to the pipeline like any event."""
+    try:
+        events = due()
+        for event in events:
+            publish(event.to_dict())
+    except (TransientError, redis.RedisError) as exc:
+        report = f"review sweep failed, trying again next interval: {type(exc).__name__}: {exc}"
+        log.warning("%s", report)
+        return report
+    report = f"review sweep enqueued {len(events)} reviews due"
+    log.info("%s", report)
+    return report
 
 
 def _sweep_safely(
