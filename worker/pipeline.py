@@ -814,13 +814,14 @@ def _asked_for_review(
     )
     expires = pending.expires_at
     until = f" It expires at {expires.isoformat(timespec='seconds')}." if expires else ""
+    requested = pending.requester.says("requested")
+    checks = decision.reason.replace("Approved for", "Checks for", 1)
     return (
         f"Pending review: the automated checks pass; {need.approvals} approval(s) from "
         f"reviewers ({who or 'anyone signed in'}) are needed before {target.kind} '{target}' "
-        f"moves. {pending.requester.says('requested').capitalize()}; "
-        f"{pending.creator.says('created')}; neither may approve.{until} Reviewers: "
-        f"`mlflow-gate review approve {model} {version} --target {target}` (or reject "
-        f"with --comment). {decision.reason}"
+        f"moves. {requested[:1].upper()}{requested[1:]}; {pending.creator.says('created')}; "
+        f"neither may approve.{until} Reviewers: `mlflow-gate review approve {model} {version} "
+        f"--target {target}` (or reject with --comment). {checks}"
     )
 
 
