@@ -121,7 +121,9 @@ def gate(sqlite_ledger: Ledger) -> Iterator[Gate]:
         sqlite_ledger,
         clock,
         notify=notices.append,
-        links=lambda model, version: {"mlflow": f"http://mlflow/#/models/{model}/versions/{version}"},
+        links=lambda model, version: {
+            "mlflow": f"http://mlflow/#/models/{model}/versions/{version}"
+        },
     )
     yield Gate(mlflow, registry, pipeline, sqlite_ledger, clock, notices)
 
