@@ -334,19 +334,27 @@ def start_redis(
 
 
 def mlflow_server_command(
-    workdir: Path, port: int, *, cache_ttl: int = 1, env: Mapping[str, str] | None = None
+    workdir: Path,
+    port: int,
+    *,
+    cache_ttl: int = 1,
+    env: Mapping[str, str] | None = None,
+    app_name: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of an `mlflow server` on 127.0.0.1:`port`, its SQLite database,
     artifacts and webhook-secret encryption key in `workdir` (kept across restarts there).
 
     `env` (default: this process's) is the environment to extend. MLflow caches its list of
-    webhooks for `cache_ttl` s: a webhook registered is used that much later.
+    webhooks for `cache_ttl` s: a webhook registered is used that much later. `app_name`:
+    MLflow's `--app-name` (`basic-auth`: its own users, passwords and roles).
     """
     (workdir / "artifacts").mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
             "--default-artifact-root", str(workdir / "artifacts"),
             "--host", LOOPBACK, "--port", str(port), "--workers", "1"]  # fmt: skip
+    if app_name:
+        argv += ["--app-name", app_name]
     server_env = {
         "MLFLOW_DISABLE_TELEMETRY": "true",  # unless the environment says otherwise
         **(os.environ if env is None else env),
@@ -363,7 +371,11 @@ def mlflow_server_command(
 
 
 def start_mlflow_server(
-    workdir: Path, port: int | None = None, *, extra_env: Mapping[str, str] | None = None
+    workdir: Path,
+    port: int | None = None,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    app_name: str | None = None,
 ) -> tuple[ManagedProcess, str]:
     """Start `mlflow server` on SQLite in `workdir` and wait for it; return (process, base URL).
 
@@ -372,7 +384,7 @@ def start_mlflow_server(
     """
     workdir = Path(workdir).resolve()
     port = free_port() if port is None else port
-    argv, env = mlflow_server_command(workdir, port)
+    argv, env = mlflow_server_command(workdir, port, app_name=app_name)
     env.update(extra_env or {})
     proc = ManagedProcess.start(argv, env, workdir / "mlflow-server.log", workdir)
     url = f"http://{LOOPBACK}:{port}"

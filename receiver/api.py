@@ -240,7 +240,7 @@ def _nothing_pending(
         return _Refused(
             409,
             "already_decided",
-            f"no review is pending for {model} version {version} to {target}: it was "
+            f"no review is pending for {model} version {version} to {target}: already decided, "
             f"{last.outcome.value} (decision {last.id}): {last.reason}",
         )
     return _Refused(

@@ -87,10 +87,13 @@ class Stack:
         mlflow_env: dict[str, str] | None = None,
         policy: str = POLICY,
         database_url: str | None = None,
+        mlflow_app: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.redis_appendonly = redis_appendonly
         self.mlflow_env = mlflow_env or {}
+        self.mlflow_app = mlflow_app
         self.processes: dict[str, ManagedProcess] = {}
         self.redis_port, self.mlflow_port, self.receiver_port = (free_port() for _ in range(3))
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
@@ -115,6 +118,7 @@ class Stack:
             "GATE_MODEL_LOCK_SECONDS": "4",
             "GATE_WORKER_METRICS_PORT": str(free_port()),
             "GATE_LOG_FORMAT": "json",
+            **(env or {}),
         }
         self.client = MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
@@ -138,7 +142,10 @@ class Stack:
 
     def start_mlflow(self) -> None:
         self.processes["mlflow"], _ = start_mlflow_server(
-            self.workdir / "mlflow", port=self.mlflow_port, extra_env=self.mlflow_env
+            self.workdir / "mlflow",
+            port=self.mlflow_port,
+            extra_env=self.mlflow_env,
+            app_name=self.mlflow_app,
         )
 
     def start_receiver(self) -> None:
