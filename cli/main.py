@@ -477,10 +477,17 @@ def policy_check(file: str) -> None:
     click.echo(f"ok: {file}: {len(policies.policies)} policies")
     for p in policies.policies:
         targets = ", ".join(f"{t} ({t.kind})" for t in p.targets)
+        review = ""
+        if p.review is not None:
+            who = [*p.review.reviewers, *([f"role {p.review.role}"] if p.review.role else [])]
+            review = f"; review: {p.review.approvals} approval(s) from {', '.join(who) or 'anyone'}"
+        notify = f"; notifies {len(p.notify)} sink(s)" if p.notify else ""
         click.echo(
             f"  {p.name} [{p.mode}]: models {', '.join(p.models)} -> {targets}; "
-            f"{len(p.rules)} rules"
+            f"{len(p.rules)} rules{review}{notify}"
         )
+    if policies.notify:
+        click.echo(f"  notify (every policy): {', '.join(s.key for s in policies.notify)}")
 
 
 if __name__ == "__main__":
