@@ -82,6 +82,8 @@ class Settings:
     database_url: str = field(default="sqlite:///.mlflow-gate/ledger.db", repr=False)
     # The Databricks workspace registry (GATE_DATABRICKS_*); None when not configured.
     databricks: DatabricksSettings | None = None
+    # The gate's console (its base URL): notifications link to it when set.
+    console_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +129,7 @@ class Settings:
             ),
             databricks=_workspace(read),
             database_url=read.text("GATE_DATABASE_URL", "database_url").strip(),
+            console_url=(read.optional("GATE_CONSOLE_URL") or "").strip().rstrip("/") or None,
         ).with_tracking_uri(read.text("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
         _check(settings)
         return settings
@@ -214,6 +217,11 @@ def _check(settings: Settings) -> None:
             f"GATE_LOG_LEVEL={settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR"
         )
     database_url.parse(settings.database_url, "GATE_DATABASE_URL")
+    if settings.console_url and not settings.console_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"GATE_CONSOLE_URL={redacted(settings.console_url)!r} is not an http(s) URL; give the "
+            "console's base URL, e.g. https://gate.example.com"
+        )
 
 
 class _Reader:
