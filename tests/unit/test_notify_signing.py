@@ -10,8 +10,8 @@ import pytest
 from shared.errors import ConfigError, SignatureError
 from shared.notify import standard_webhooks as sw
 
-# From the Standard Webhooks reference implementation's tests
-# (standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py, test_sign_function).
+# From the Standard Webhooks reference implementation's tests: standard-webhooks/standard-webhooks,
+# libraries/python/tests/test_webhooks.py, test_sign_function.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SPEC_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 SPEC_TIMESTAMP = 1614265330
@@ -104,7 +104,8 @@ def test_a_bad_secret_is_a_configuration_error_naming_the_variable(
         sw.key_of(secret, "CI_WEBHOOK_SECRET")
     assert "CI_WEBHOOK_SECRET" in str(caught.value)
     assert "secrets.token_bytes" in str(caught.value)  # and how to make a good one
-    assert secret not in str(caught.value)  # the value itself is never shown
+    if len(secret) > len("whsec_"):
+        assert secret not in str(caught.value)  # the value itself is never shown
 
 
 def test_an_unpadded_secret_is_accepted() -> None:
