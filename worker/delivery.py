@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 REQUEUE_PAUSE_SECONDS = 2.0
 
 
-@shared_task(bind=True, name=keys.TASK_DELIVER)  # type: ignore[untyped-decorator]
+# max_retries=None on the task itself: Celery reads `retry(max_retries=None)` as "the task's
+# default" (3), which would cut the retry budget short; the budget is counted here instead.
+@shared_task(bind=True, name=keys.TASK_DELIVER, max_retries=None)  # type: ignore[untyped-decorator]
 def deliver(self: Task, payload: Any) -> str:
     try:
         try:
@@ -87,7 +89,7 @@ def _deliver(task: Task, delivery: Delivery) -> str:
             delivery.notice_type, where, attempt, exc, countdown,
         )  # fmt: skip
         RETRIES.inc()
-        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        raise task.retry(exc=exc, countdown=countdown) from exc
     except PermanentError as exc:
         return _dead_letter(delivery.to_dict(), exc, attempt)
     except Exception as exc:  # a bug: never lose the notification
@@ -99,14 +101,15 @@ def _deliver(task: Task, delivery: Delivery) -> str:
 def _dead_letter(payload: dict[str, Any], error: BaseException, attempts: int) -> str:
     runtime.current().clients.deadletters.put(payload, error, attempts)
     DEAD_LETTERS.labels(type(error).__name__).inc()
+    # A permanent error's message says what to fix; a transient one's only what happened.
     then = (
-        "the redrive (worker --beat) replays it, or `mlflow-gate dlq replay` it"
+        "; the redrive (worker --beat) tries it again, or `mlflow-gate dlq replay "
+        f"{payload.get('event_id')}` once the sink answers"
         if isinstance(error, TransientError)
-        else "fix the sink or its configuration, then `mlflow-gate dlq replay` it"
+        else ""
     )
     log.error(
-        "notification dead-lettered after %d attempt(s): %s: %s; `mlflow-gate dlq list` shows "
-        "it; %s",
+        "notification dead-lettered after %d attempt(s): %s: %s%s",
         attempts, type(error).__name__, error, then,
     )  # fmt: skip
     return f"dead-lettered after {attempts} attempt(s): {error}"
