@@ -13,6 +13,8 @@ import redis
 
 from shared.deadletter import DeadLetter, DeadLetterStore, replay, select
 from shared.durations import since_timestamp
+from shared.notify.delivery import is_delivery
+from shared.notify.sinks import label
 from shared.queue import create_celery, publisher
 from shared.settings import Settings
 
@@ -53,13 +55,12 @@ def list_entries(
     now = time.time()
     rows = [("ID", "MODEL", "VERSION", "EVENT", "ERROR", "ATTEMPTS", "AGE")]
     for e in entries:
-        event = str(e.event.get("webhook_event") or e.event.get("kind") or "?")
         rows.append(
             (
                 e.id,
                 e.model or "-",
                 e.version or "-",
-                event,
+                _event(e.event),
                 f"{e.error_class}: {e.error}"[:60],
                 str(e.attempts),
                 _age(now - e.last_failure),
@@ -69,6 +70,13 @@ def list_entries(
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     click.echo(f"{len(entries)} dead letters")
+
+
+def _event(event: dict[str, Any]) -> str:
+    """What a dead letter was: the webhook event, or for a notification its type and sink."""
+    if is_delivery(event):
+        return f"notify {event.get('notice_type') or '?'} -> {label(str(event.get('sink')))}"
+    return str(event.get("webhook_event") or event.get("kind") or "?")
 
 
 def show(settings: Settings, entry_id: str) -> None:

@@ -88,17 +88,20 @@ def worker(concurrency: int, pool: str, beat: bool) -> None:
     prepare_multiprocess_dir("worker")  # before prometheus_client is imported, or forks
     from shared import keys
     from shared.ledger import Ledger
+    from shared.notify.sinks import check as check_sinks
     from shared.policy import load_policies
     from shared.queue import create_celery
     from shared.urls import redacted
     from worker import metrics, runtime
 
     policies = load_policies(settings.policy_file)
+    notify = check_sinks(policies)  # every sink's variable set and valid, or stop here
     with Ledger(settings.database_url) as ledger:  # migrated before the children fork
         revision = ledger.upgrade()
         where = ledger.shown_url
     runtime.install(runtime.Runtime(settings, policies))
     app = create_celery(settings)
+    import worker.delivery  # (registers the notifications' task)
     import worker.tasks  # noqa: F401  (registers the tasks on the app)
 
     metrics.serve(settings.worker_metrics_port)
@@ -106,7 +109,7 @@ def worker(concurrency: int, pool: str, beat: bool) -> None:
     click.echo(
         f"mlflow-gate worker: {len(policies.policies)} policies from {policies.source}; "
         f"MLflow at {redacted(settings.mlflow_tracking_uri)}; ledger at {where} (revision "
-        f"{revision}); queue {keys.QUEUE}"
+        f"{revision}); queue {keys.QUEUE}; {notify}"
     )
     argv = ["worker", f"--loglevel={settings.log_level}", "-Q", keys.QUEUE]
     argv += ["-c", str(concurrency), "-P", pool, "--without-gossip", "--without-mingle"]

@@ -17,6 +17,7 @@ import redis
 from shared import keys
 from shared.errors import EventError, TransientError
 from shared.events import GateEvent
+from shared.notify.delivery import is_delivery
 from shared.queue import Publish
 
 
@@ -183,7 +184,10 @@ def replay(
 
 
 def _as_replayed(event: dict[str, Any]) -> dict[str, Any]:
-    """The event with its origin set to replay; a payload that is no event goes as it was."""
+    """The event with its origin set to replay; a payload that is no event (a notification's
+    delivery: its id must stay the same) goes as it was."""
+    if is_delivery(event):
+        return event
     try:
         return GateEvent.from_dict(event).replayed().to_dict()
     except EventError:

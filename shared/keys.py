@@ -9,6 +9,8 @@ QUEUE = "gate.events"
 TASK_RECONCILE = "gate.reconcile"
 TASK_SWEEP = "gate.sweep"
 TASK_REDRIVE = "gate.redrive"
+# Notifications: one delivery to one sink (worker/delivery.py), on the same queue.
+TASK_DELIVER = "gate.deliver"
 
 # Where kombu's Redis transport keeps delivered, not yet acknowledged messages.
 UNACKED = "unacked"

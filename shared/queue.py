@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from shared import keys
+from shared.notify.delivery import is_delivery
 from shared.settings import Settings
 
 
@@ -74,10 +75,12 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 def publisher(app: Celery) -> Publish:
-    """Send an event to the workers. No publish retries: the caller decides what a failure means
-    (the receiver answers 503 so that MLflow retries; a replay keeps the dead letter)."""
+    """Send an event to the workers (a notification's delivery to the deliver task, anything
+    else to reconcile). No publish retries: the caller decides what a failure means (the
+    receiver answers 503 so that MLflow retries; a replay keeps the dead letter)."""
 
     def publish(event: dict[str, Any]) -> None:
-        app.send_task(keys.TASK_RECONCILE, args=[event], queue=keys.QUEUE, retry=False)
+        task = keys.TASK_DELIVER if is_delivery(event) else keys.TASK_RECONCILE
+        app.send_task(task, args=[event], queue=keys.QUEUE, retry=False)
 
     return publish

@@ -89,6 +89,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     # Where `mlflow-gate request` and `mlflow-gate review` reach the gate's HTTP API.
     gate_url: str = "http://localhost:8080"
+    # The gate's console (its base URL): notifications link to it when set.
+    console_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +139,7 @@ class Settings:
             trusted_user_header=(read.optional("GATE_TRUSTED_USER_HEADER") or "").strip() or None,
             trusted_proxies=_networks(read.optional("GATE_TRUSTED_PROXIES")),
             gate_url=read.text("GATE_URL", "gate_url").strip().rstrip("/"),
+            console_url=(read.optional("GATE_CONSOLE_URL") or "").strip().rstrip("/") or None,
         ).with_tracking_uri(read.text("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
         _check(settings)
         return settings
@@ -251,6 +254,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             f"GATE_URL={redacted(settings.gate_url)!r} is not an http(s) URL; point it at the "
             "gate's receiver, e.g. http://localhost:8080"
+        )
+    if settings.console_url and not settings.console_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"GATE_CONSOLE_URL={redacted(settings.console_url)!r} is not an http(s) URL; give the "
+            "console's base URL, e.g. https://gate.example.com"
         )
 
 
