@@ -10,10 +10,14 @@ import os
 from dataclasses import dataclass, field
 
 import redis
+from celery import current_app
 
 from shared.deadletter import DeadLetterStore
 from shared.ledger import Ledger
+from shared.notify.links import links
+from shared.notify.outbox import outbox
 from shared.policy import PolicySet
+from shared.queue import publisher
 from shared.settings import Settings
 from worker.pipeline import Pipeline
 from worker.registries import Registries, build
@@ -43,12 +47,20 @@ class Runtime:
             )
             registries = build(self.settings)
             ledger = Ledger(self.settings.database_url)  # its pool is this process's own
+            settings = self.settings
+            pipeline = Pipeline(
+                registries,
+                self.policies,
+                ledger,
+                notify=outbox(self.policies, publisher(current_app)),
+                links=lambda model, version: links(settings, model, version),
+            )
             self._clients = Clients(
                 pid=os.getpid(),
                 redis=client,
                 registries=registries,
                 ledger=ledger,
-                pipeline=Pipeline(registries, self.policies, ledger),
+                pipeline=pipeline,
                 deadletters=DeadLetterStore(client),
             )
         return self._clients

@@ -5,6 +5,7 @@ run with one person's MLflow credentials."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import Stack
+from test_notifications import SinkServer
 
 from cli.devstack import gate_command, wait_until
 from shared import tags
@@ -22,6 +24,8 @@ from shared import tags
 ADMIN_PASSWORD = "admin-password-for-tests"
 PASSWORD = "a-long-enough-password"  # MLflow wants 12 characters or more
 PEOPLE = ("alice", "bob", "carol", "dave", "erin", "mallory")
+HOOK_SECRET = "whsec_" + base64.b64encode(b"the review tests' hook key").decode()
+SINK = SinkServer(HOOK_SECRET)
 
 POLICY = """
 policies:
@@ -46,6 +50,9 @@ policies:
       approvals: 1
       reviewers: [alice]
       expires_after: 3s
+notify:
+  - webhook: {hook}
+    secret_env: REVIEW_HOOK_SECRET
 """
 
 
@@ -60,20 +67,29 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         f"database_uri = sqlite:///{workdir / 'mlflow' / 'auth.db'}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Without it every request pays a PBKDF2 check (~0.3 s here): the gate's dozen calls
+        # per decision would outlast the tests' short model lock.
+        "auth_cache_ttl_seconds = 60\n"
     )
     admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
     saved = {key: os.environ.get(key) for key in admin}
     os.environ.update(admin)  # the test's MlflowClient is the admin too
+    SINK.start()
     stack = Stack(
         workdir,
-        policy=POLICY,
+        policy=POLICY.replace("{hook}", SINK.url()),
         mlflow_app="basic-auth",
         mlflow_env={
             "MLFLOW_AUTH_CONFIG_PATH": str(config),
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-secret-key-for-the-tests",
         },
-        env={**admin, "GATE_URL": ""},
+        env={
+            **admin,
+            "GATE_URL": "",
+            "REVIEW_HOOK_SECRET": HOOK_SECRET,
+            "GATE_MODEL_LOCK_SECONDS": "20",
+        },
     )
     try:
         stack.up()
@@ -83,6 +99,7 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.close()
+        SINK.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -212,6 +229,26 @@ def test_two_of_three_reviewers_promote_only_at_the_second(authed: Stack) -> Non
     assert approved[0]["requested_by"] == "erin"
     late = as_person(authed, "bob", "review", "approve", model, v1, "--target", "champion")
     assert late.returncode == 1 and "already decided" in late.stderr
+
+    # Each step was notified, signed (the sink checks the Standard Webhooks signature itself).
+    def notified() -> list[tuple[str, dict[str, object]]]:
+        found = []
+        for r in SINK.received:
+            body = json.loads(r.body)
+            if body["data"].get("model") == model and r.verified and r.status == 200:
+                found.append((body["type"], body["data"]))
+        return found
+
+    wait_until(lambda: len(notified()) >= 4, 30, what=f"4 notifications\n{authed.logs()}")
+    assert [kind for kind, _ in notified()] == [
+        "review.requested",
+        "review.approved",
+        "review.approved",
+        "decision.approved",
+    ]
+    _, approved_data = notified()[-1]
+    assert approved_data["reviewers"] == ["alice", "carol"] and approved_data["version"] == v1
+    assert str(approved_data["links"]["mlflow"]).endswith(f"/versions/{v1}")  # type: ignore[index]
 
 
 def test_a_rejection_with_a_comment(authed: Stack) -> None:
