@@ -402,7 +402,18 @@ class Pipeline:
             f"{target.kind.capitalize()} '{target}' was set on version {subject} outside the gate"
         )
         plan: list[Step] = []
-        if decision.approved:
+        need = review_need(policies)
+        if decision.approved and need is not None:
+            # Passing the checks is not enough where people must review: going around the
+            # gate must never get a better result than going through it.
+            plan, undone = self._undo(registry, model, target, subject, approved)
+            reason = (
+                f"{outside}; it passes the automated checks, but the policy asks for human review "
+                f"({need.approvals} approval(s)), which it did not get, so {undone}. Request the "
+                f"promotion instead (`mlflow-gate request {model} {subject} --target {target}`)."
+            )
+            decision = replace(decision, approved=False)
+        elif decision.approved:
             reason = f"{outside}; it passes the policy, so it is kept. {decision.reason}"
         else:
             plan, undone = self._undo(registry, model, target, subject, approved)

@@ -309,3 +309,31 @@ def test_a_reviewer_votes_once(gate: Gate) -> None:
     again, new_again = gate.ledger.vote(review.id, "alice", Verdict.REJECT, "no", "mlflow", START)
     assert new and not new_again and again == first
     assert len(gate.ledger.votes(review.id)) == 1
+
+
+def test_an_alias_set_around_the_review_is_undone_even_if_the_checks_pass(gate: Gate) -> None:
+    v1 = gate.version("fraud", 0.95)
+    gate.request("fraud", v1)
+    gate.vote("fraud", v1, "alice", Verdict.APPROVE)
+    gate.vote("fraud", v1, "bob", Verdict.APPROVE)
+    assert gate.holder("fraud") == v1
+    v2 = gate.version("fraud", 0.99)  # better, but nobody reviewed it
+    gate.mlflow.set_alias("fraud", "champion", v2)
+    gate.pipeline.handle(
+        GateEvent(
+            event_id="evt-alias",
+            registry=RegistryKind.MLFLOW,
+            origin=Origin.WEBHOOK,
+            kind=Kind.ALIAS_CREATED,
+            model="fraud",
+            version=v2,
+            target="champion",
+            received_at=0.0,
+            webhook_event="model_version_alias.created",
+        )
+    )
+    assert gate.holder("fraud") == v1  # put back on the reviewed version
+    last = gate.ledger.latest(RegistryKind.MLFLOW, "fraud", v2, "champion")
+    assert last is not None and last.outcome is Outcome.REJECTED
+    assert "asks for human review" in last.reason
+    assert gate.types()[-1] == "guard.reverted"
