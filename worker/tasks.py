@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 REQUEUE_PAUSE_SECONDS = 2.0
 
 
-@shared_task(bind=True, name=keys.TASK_RECONCILE)  # type: ignore[untyped-decorator]
+# max_retries=None on the task: Celery reads `retry(max_retries=None)` as "the task's default",
+# which is 3 retries: GATE_RETRY_MAX_ATTEMPTS alone must say when an event is dead-lettered.
+@shared_task(bind=True, name=keys.TASK_RECONCILE, max_retries=None)  # type: ignore[untyped-decorator]
 def reconcile(self: Task, payload: Any) -> str:
     try:
         try:
