@@ -214,7 +214,11 @@ def test_the_decision_history_survives_a_redis_flush(gate: Gate) -> None:
     model = gate.model()
     v1 = gate.version(model, 0.95)
     gate.request(model, v1, "champion")
-    wait_until(lambda: gate.decisions(model, v1), 60, what="the decision")
+    wait_until(
+        lambda: [d["action_state"] for d in gate.decisions(model, v1)] == ["done"],
+        60,
+        what="the decision, carried out",
+    )
     gate.redis.flushall()
     listed = json.loads(gate.gate("audit", "--model", model, "--json").stdout)
     assert [(d["version"], d["outcome"]) for d in listed] == [(v1, "approved")]
