@@ -68,7 +68,7 @@ def client(monkeypatch: pytest.MonkeyPatch, sqlite_ledger: Ledger) -> Iterator[f
         deadletters=DeadLetterStore(client),
     )
     monkeypatch.setattr(runtime, "_current", rt)
-    monkeypatch.setattr(tasks.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(tasks, "REQUEUE_PAUSE_SECONDS", 0.0)
     monkeypatch.setattr(tasks, "ModelLock", FreeLock)  # fakeredis has no Lua here
     yield client
     client.close()
