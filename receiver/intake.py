@@ -1,4 +1,9 @@
-"""Dedupe by delivery id, then persist the event to the queue. Nothing else on the hot path."""
+"""Dedupe by delivery id, then persist the event to the queue. Nothing else on the hot path.
+
+The receiver's own path is one atomic round trip (receiver/enqueue.py). With a `publish`
+function of its own instead (the unit tests, a tool), the same guarantees take three: claim the
+delivery id as pending, publish, mark it done.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from enum import Enum
 
 import redis
 
+from receiver.enqueue import AtomicEnqueue, Queued
 from shared import keys
 from shared.errors import TransientError
 from shared.events import GateEvent
@@ -34,14 +40,23 @@ class QueueUnavailable(TransientError):
 
 
 class Intake:
-    def __init__(self, client: redis.Redis, publish: Publish, dedupe_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        publish: Publish,
+        dedupe_ttl_seconds: int,
+        enqueue: AtomicEnqueue | None = None,
+    ) -> None:
         self.client = client
         self.publish = publish
         self.dedupe_ttl = dedupe_ttl_seconds
+        self.enqueue = enqueue
 
     def accept(self, event: GateEvent) -> Accepted:
         """Enqueue the event once per delivery id; raise QueueUnavailable if it cannot be."""
         marker = keys.delivery(event.registry.value, event.event_id)
+        if self.enqueue is not None:
+            return _accept_atomically(self.enqueue, marker, event)
         try:
             claimed = self.client.set(
                 marker, _PENDING, nx=True, ex=keys.DELIVERY_PENDING_TTL_SECONDS
@@ -68,3 +83,13 @@ class Intake:
     def _release(self, marker: str) -> None:
         with contextlib.suppress(redis.RedisError):  # else it expires on its own, soon
             self.client.delete(marker)
+
+
+def _accept_atomically(enqueue: AtomicEnqueue, marker: str, event: GateEvent) -> Accepted:
+    try:
+        queued = enqueue(marker, event.to_dict())
+    except redis.RedisError as exc:
+        raise QueueUnavailable("the gate's queue (Redis) could not take the event", exc) from exc
+    if queued is Queued.IN_PROGRESS:
+        raise QueueUnavailable("the same delivery is being enqueued; retry shortly")
+    return Accepted.ENQUEUED if queued is Queued.QUEUED else Accepted.DUPLICATE
