@@ -113,9 +113,7 @@ def test_the_message_is_the_one_publisher_sends(redis_server: str, client: redis
     assert {k: v for k, v in built.items() if k not in ("headers", "properties", "body")} == {
         k: v for k, v in sent.items() if k not in ("headers", "properties", "body")
     }
-    assert json.loads(base64.b64decode(built["body"])) == json.loads(
-        base64.b64decode(sent["body"])
-    )
+    assert json.loads(base64.b64decode(built["body"])) == json.loads(base64.b64decode(sent["body"]))
     app.close()
 
 
