@@ -22,6 +22,7 @@ from shared.logs import event_context
 from shared.policy import PolicySet
 from shared.queue import Publish, publisher
 from worker import runtime
+from worker.liveness import WORKER_ID
 from worker.lock import ModelLock
 from worker.metrics import DEAD_LETTERS, RETRIES
 from worker.redrive import redrive as redrive_dead_letters
@@ -127,7 +128,7 @@ def _decide(event: GateEvent) -> str:
     extended before every write, and a decision whose lock expired stops (worker/lock.py)."""
     rt = runtime.current()
     clients = rt.clients
-    lock = ModelLock(clients.redis, event.model, rt.settings.model_lock_seconds)
+    lock = ModelLock(clients.redis, event.model, rt.settings.model_lock_seconds, WORKER_ID)
     if not lock.acquire(wait=keys.MODEL_LOCK_WAIT_SECONDS):
         raise TransientError(
             f"model {event.model} is locked by another decision (or by a worker that died, "
