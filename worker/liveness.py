@@ -8,7 +8,9 @@ worker's main process, in a thread of its own:
 - beats: writes `gate:worker:<id>` = the delivery tags it holds now (its channel's unacked
   messages: running, prefetched, waiting for a retry's countdown) and when it read them, to
   expire after GATE_WORKER_DEAD_AFTER_SECONDS; and keeps its id in `gate:workers`;
-- rescues: a message in `unacked` that no live worker holds, delivered before the oldest live
+- rescues, once it has itself beaten without a break for that long (so that after its start,
+  or after Redis was out of reach, the others have had the time to beat again): a message in
+  `unacked` that no live worker holds, delivered before the oldest live
   heartbeat was taken (minus one beat, for the instant between a delivery and its tag being in
   the worker's memory), goes back to the queue, in one atomic step that checks it is still
   unacknowledged and unchanged (so two rescuers never both put it back); the model locks of a
@@ -115,6 +117,7 @@ class Liveness:
         self.clock = clock
         self._rescue = client.register_script(_RESCUE)
         self._free_lock = client.register_script(_FREE_LOCK)
+        self._beating_since: float | None = None  # the first beat of the current unbroken run
 
     def beat(self) -> None:
         """Say that this worker lives, and which delivery tags it holds (read after the time)."""
@@ -123,7 +126,22 @@ class Liveness:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.worker_heartbeat(self.worker_id), json.dumps(record), px=self._ttl_ms)
         pipe.sadd(keys.WORKERS, self.worker_id)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            self._beating_since = None
+            raise
+        if self._beating_since is None:
+            self._beating_since = at
+
+    @property
+    def may_judge(self) -> bool:
+        """Whether this worker has beaten without a break for GATE_WORKER_DEAD_AFTER_SECONDS:
+        after its own start, or after Redis was out of reach (when every heartbeat may have
+        expired), the live workers get that long to beat again before anyone is taken for
+        dead."""
+        since = self._beating_since
+        return since is not None and self.clock() - since >= self.dead_after
 
     def leave(self) -> None:
         """A worker shutting down on purpose: it is no longer one to wait for."""
@@ -135,6 +153,8 @@ class Liveness:
     def rescue(self) -> Rescue:
         """Put back in the queue what no live worker holds; free the locks of dead workers."""
         done = Rescue()
+        if not self.may_judge:
+            return done
         ids = sorted(m.decode() for m in self.client.smembers(keys.WORKERS))  # type: ignore[union-attr]
         records = self.client.mget([keys.worker_heartbeat(i) for i in ids]) if ids else []
         live: dict[str, dict[str, Any]] = {}
@@ -143,11 +163,11 @@ class Liveness:
                 done.dead_workers.append(worker_id)
             else:
                 live[worker_id] = json.loads(raw)
+        if self.worker_id not in live:
+            return Rescue()  # this worker's own beat is missing: it cannot judge the others
         for worker_id in done.dead_workers:
             done.locks_freed += self._free_locks_of(worker_id)
             self.client.srem(keys.WORKERS, worker_id)
-        if self.worker_id not in live:
-            return done  # this worker's own beat is missing: it cannot judge the others
         claimed = {tag for record in live.values() for tag in record.get("tags", [])}
         horizon = min(float(r["at"]) for r in live.values()) - self.interval
         for tag in self._delivered_before(horizon):

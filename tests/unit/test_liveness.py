@@ -66,7 +66,14 @@ def deliver(client: redis.Redis, tag: str, event_id: str, at: float) -> None:
 def worker(
     client: redis.Redis, name: str, held: set[str], clock: Clock, dead_after: float = DEAD_AFTER
 ) -> Liveness:
-    return Liveness(client, lambda: held, dead_after, worker_id=name, clock=clock)
+    """A worker that has been beating for GATE_WORKER_DEAD_AFTER_SECONDS already (and may judge
+    the others): its first beat is taken that long before `clock.now`."""
+    liveness = Liveness(client, lambda: held, dead_after, worker_id=name, clock=clock)
+    now = clock.now
+    clock.now = now - dead_after
+    liveness.beat()
+    clock.now = now
+    return liveness
 
 
 def queued(client: redis.Redis) -> list[dict[str, Any]]:
@@ -177,6 +184,7 @@ def test_a_worker_without_its_own_heartbeat_judges_no_one(client: redis.Redis) -
     clock = Clock(1000.0)
     deliver(client, "t1", "evt-1", at=900.0)
     b = worker(client, "B", set(), clock)
+    expire(client, "B")  # its own heartbeat lost (Redis evicted it, say)
     assert not b.rescue()
     assert client.hlen(keys.UNACKED) == 1
 
@@ -189,3 +197,21 @@ def test_messages_of_other_queues_are_left_to_kombu(client: redis.Redis) -> None
     b.beat()
     assert not b.rescue()
     assert client.hlen(keys.UNACKED) == 1
+
+
+def test_a_worker_judges_no_one_before_it_has_beaten_for_the_whole_delay(
+    client: redis.Redis,
+) -> None:
+    # Given a dead worker's message, and a worker that has just started beating (after its
+    # start, or after Redis was out of reach: the others may not have beaten again yet)
+    clock = Clock(1000.0)
+    deliver(client, "t1", "evt-1", at=900.0)
+    fresh = Liveness(client, set, DEAD_AFTER, worker_id="F", clock=clock)
+    fresh.beat()
+    # Then it rescues nothing until it has beaten for GATE_WORKER_DEAD_AFTER_SECONDS
+    clock.now = 1000.0 + DEAD_AFTER - 1
+    fresh.beat()
+    assert not fresh.rescue()
+    clock.now = 1000.0 + DEAD_AFTER
+    fresh.beat()
+    assert fresh.rescue().requeued == ["evt-1"]
