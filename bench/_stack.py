@@ -272,6 +272,9 @@ class Stack:
             "TMPDIR": str(tmp),
             "GATE_WEBHOOK_SECRET": SECRET,
             "GATE_POLICY_FILE": str(policy),
+            # The gate's ledger of this run alone (the default is relative to the working
+            # directory, which every run would share).
+            "GATE_DATABASE_URL": f"sqlite:///{self.workdir / 'ledger.db'}",
             **(env or {}),
         }
 
