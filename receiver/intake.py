@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from enum import Enum
+from typing import Any
 
 import redis
 
@@ -52,11 +53,13 @@ class Intake:
         self.dedupe_ttl = dedupe_ttl_seconds
         self.enqueue = enqueue
 
-    def accept(self, event: GateEvent) -> Accepted:
-        """Enqueue the event once per delivery id; raise QueueUnavailable if it cannot be."""
+    def accept(self, event: GateEvent, payload: dict[str, Any] | None = None) -> Accepted:
+        """Enqueue the event once per delivery id; raise QueueUnavailable if it cannot be.
+        `payload`: the event's to_dict(), when the caller has it already."""
         marker = keys.delivery(event.registry.value, event.event_id)
+        payload = event.to_dict() if payload is None else payload
         if self.enqueue is not None:
-            return _accept_atomically(self.enqueue, marker, event)
+            return _accept_atomically(self.enqueue, marker, payload)
         try:
             claimed = self.client.set(
                 marker, _PENDING, nx=True, ex=keys.DELIVERY_PENDING_TTL_SECONDS
@@ -70,7 +73,7 @@ class Intake:
         except redis.RedisError as exc:
             raise QueueUnavailable("the gate's queue (Redis) did not answer", exc) from exc
         try:
-            self.publish(event.to_dict())
+            self.publish(payload)
         except Exception as exc:
             self._release(marker)
             raise QueueUnavailable("the gate's queue could not take the event", exc) from exc
@@ -85,9 +88,9 @@ class Intake:
             self.client.delete(marker)
 
 
-def _accept_atomically(enqueue: AtomicEnqueue, marker: str, event: GateEvent) -> Accepted:
+def _accept_atomically(enqueue: AtomicEnqueue, marker: str, payload: dict[str, Any]) -> Accepted:
     try:
-        queued = enqueue(marker, event.to_dict())
+        queued = enqueue(marker, payload)
     except redis.RedisError as exc:
         raise QueueUnavailable("the gate's queue (Redis) could not take the event", exc) from exc
     if queued is Queued.IN_PROGRESS:
