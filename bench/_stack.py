@@ -45,6 +45,7 @@ from cli.devstack import (  # noqa: E402
     gate_command,
     group_members,
     http_ok,
+    mlflow_server_command,
     redis_server_binary,
     start_mlflow_server,
     start_redis,
@@ -271,6 +272,9 @@ class Stack:
             "TMPDIR": str(tmp),
             "GATE_WEBHOOK_SECRET": SECRET,
             "GATE_POLICY_FILE": str(policy),
+            # The gate's ledger of this run alone (the default is relative to the working
+            # directory, which every run would share).
+            "GATE_DATABASE_URL": f"sqlite:///{self.workdir / 'ledger.db'}",
             **(env or {}),
         }
 
@@ -300,10 +304,17 @@ class Stack:
         self.env["GATE_REDIS_URL"] = self.redis_url
         return self.redis_url
 
-    def start_mlflow(self) -> str:
-        self.processes["mlflow"], self.mlflow_uri = start_mlflow_server(
-            self.workdir / "mlflow", port=self.mlflow_port
-        )
+    def start_mlflow(self, backend_uri: str | None = None, workers: int = 1) -> str:
+        """MLflow on SQLite in the work directory, or on `backend_uri` (a PostgreSQL database,
+        say) with `workers` server processes."""
+        if backend_uri is None and workers == 1:
+            self.processes["mlflow"], self.mlflow_uri = start_mlflow_server(
+                self.workdir / "mlflow", port=self.mlflow_port
+            )
+        else:
+            self.processes["mlflow"], self.mlflow_uri = _start_mlflow_on(
+                self.workdir / "mlflow", self.mlflow_port, backend_uri, workers
+            )
         self.env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         return self.mlflow_uri
 
@@ -354,6 +365,21 @@ class Stack:
     def register_webhook(self) -> None:
         self.gate("webhook", "register", "--url", f"{self.receiver_url}/webhooks/mlflow")
         time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL=1 (harness): the server sees the new webhook
+
+
+def _start_mlflow_on(
+    workdir: Path, port: int, backend_uri: str | None, workers: int
+) -> tuple[ManagedProcess, str]:
+    """cli.devstack's `mlflow server`, with another backend store and number of workers."""
+    workdir = workdir.resolve()
+    argv, env = mlflow_server_command(workdir, port)
+    if backend_uri is not None:
+        argv[argv.index("--backend-store-uri") + 1] = backend_uri
+    argv[argv.index("--workers") + 1] = str(workers)
+    proc = ManagedProcess.start(argv, env, workdir / "mlflow-server.log", workdir)
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_ready(lambda: http_ok(f"{url}/health"), 180, f"mlflow server at {url}", 0.25)
+    return proc, url
 
 
 # -- MLflow content ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """End to end: from `governance.request` set in a real MLflow to the decision visible in MLflow.
 
-Starts a private MLflow (SQLite), Redis, the receiver and, in turn, a worker with 1, 2 and 4
+Starts a private MLflow (SQLite; and, in a second run, PostgreSQL with 2 server processes, where
+workers can scale), Redis, the receiver and, in turn, a worker with 1, 2 and 4
 processes (`--concurrency`). For each, N model versions (each of its own registered model, so
 that they do not wait on the per-model lock) get `governance.request=champion` one after the
 other; MLflow's own webhooks drive the gate, and one search call every `--poll` seconds (0.25 s:
@@ -15,7 +16,7 @@ sequential loop in this process, calling MLflow directly with the gate's own cod
 decisions.record), without webhooks, queue or Redis. The ratio of the per-decision times is the
 gate's overhead.
 
-    python bench/e2e.py [--quick] [-n 30] [--workers 1,2,4]
+    python bench/e2e.py [--quick] [-n 30] [--workers 1,2,4] [--backends sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -93,7 +94,20 @@ def baseline(stack: Stack, versions: list[tuple[str, str]]) -> dict[str, Any]:
     n = len(versions)
     cpu = _cpu_delta(stack, cpu_before, n)
     cpu["baseline script"] = round((time.process_time() - own_cpu) * 1000 / n, 1)
+    first_calls = collections.Counter(api.calls)
+    # The same requests asked again (governance.request set again to the same target): what a
+    # decision costs when most of its tags do not change.
+    plain = endpoints(stack.mlflow_uri)
+    for model, version in versions:
+        plain.set_version_tag(model, version, REQUEST_TAG, "champion")
+    api.calls.clear()
+    for i, (model, version) in enumerate(versions):
+        pipeline.handle(request_event(model, version, f"baseline-again-{i}"))
+    again = {k: v / n for k, v in sorted(api.calls.items())}
+    api.calls = first_calls
     return {
+        "asked_again_mlflow_calls_per_decision": again,
+        "asked_again_mlflow_calls_total_per_decision": sum(again.values()),
         "cpu_ms_per_decision": cpu,
         "decisions": n,
         "outcomes": dict(outcomes),
@@ -114,6 +128,7 @@ def gate_round(
     statuses: dict[tuple[str, str], str] = {}
     before = r.info("commandstats")
     webhooks_before = _webhooks_received(stack)
+    mlflow_before = _mlflow_requests(stack)
     cpu_before = _cpu(stack)
     first = time.time()
     for model, version in versions:
@@ -143,6 +158,7 @@ def gate_round(
     cpu = _cpu_delta(stack, cpu_before, max(len(seen_at), 1))
     webhooks = _webhooks_received(stack) - webhooks_before
     return {
+        "mlflow_requests_seen": _mlflow_requests(stack) - mlflow_before,
         "decisions": len(seen_at),
         "undecided": n - len(seen_at),
         "outcomes": dict(collections.Counter(statuses.values())),
@@ -188,6 +204,12 @@ def unloaded(stack: Stack, versions: list[tuple[str, str]], poll: float) -> dict
     return {"decisions": len(latencies), "latency_s": summary(latencies)}
 
 
+def _mlflow_requests(stack: Stack) -> int:
+    """Requests MLflow served so far, from its server's access log (0 if it keeps none)."""
+    log: str = stack.processes["mlflow"].log_tail(50_000_000)
+    return log.count("/api/2.0/mlflow/")
+
+
 def _webhooks_received(stack: Stack) -> int:
     """POSTs to the receiver so far, from its gunicorn access log."""
     log: str = stack.processes["receiver"].log_tail(50_000_000)
@@ -198,6 +220,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=30, help="promotion requests per round")
     parser.add_argument("--workers", default="1,2,4", help="worker process counts")
+    parser.add_argument(
+        "--backends", default="sqlite,postgresql", help="MLflow's backend store, one run each"
+    )
+    parser.add_argument(
+        "--mlflow-workers", type=int, default=2, help="MLflow server processes on PostgreSQL"
+    )
     parser.add_argument(
         "--poll", type=float, default=0.25, help="seconds between searches (burst rounds)"
     )
@@ -213,48 +241,105 @@ def main() -> None:
     if args.quick:
         args.n, args.unloaded = 10, 5
     counts = [int(c) for c in args.workers.split(",") if c.strip()]
+    backends = [b for b in args.backends.split(",") if b in ("sqlite", "postgresql")]
     params = {k: v for k, v in vars(args).items() if k != "keep"}
     load_start, started = os.getloadavg(), time.time()
 
+    runs = {b: run_backend(b, args, counts) for b in backends}
+    info = machine_info()
+    printed_parts = [
+        f"e2e: {args.n} promotion requests per round, tag set -> governance.status visible "
+        f"(one search every {args.poll:g} s; one version read every {args.poll_unloaded:g} s "
+        "one at a time); baseline latency is one decision's own time",
+        f"machine: {machine_line(info)}",
+    ]
+    results: dict[str, Any] = {}
+    for backend, (base, rounds, single) in runs.items():
+        text, markdown = report(backend, args, base, rounds, single)
+        printed_parts.append(text)
+        results[backend] = {"baseline": base, "gate": rounds, "unloaded": single, **markdown}
+    printed = "\n\n".join(printed_parts)
+    print("\n" + printed)
+    path = write_results("e2e", params, results, load_start=load_start, started=started,
+                         printed=printed)  # fmt: skip
+    print(f"\nresults: {path}")
+
+
+def run_backend(
+    backend: str, args: argparse.Namespace, counts: list[int]
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Baseline and gate rounds against one MLflow (SQLite, or PostgreSQL of its own)."""
     rounds: list[dict[str, Any]] = []
     single: dict[str, Any] = {}
-    with Stack("e2e", keep=args.keep) as stack:
-        stack.start_redis()
-        stack.start_mlflow()
-        stack.start_receiver()
-        print(f"MLflow {stack.mlflow_uri}; workdir {stack.workdir}", flush=True)
-        r = redis.Redis.from_url(stack.redis_url)
-        print(f"creating {args.n * (len(counts) + 1)} model versions ...", flush=True)
-        base_versions = create_versions(stack.mlflow_uri, "e2e-base", args.n, request="champion")
-        round_versions = {c: create_versions(stack.mlflow_uri, f"e2e-c{c}", args.n) for c in counts}
-        single_versions = create_versions(stack.mlflow_uri, "e2e-single", args.unloaded)
-        print("baseline: sequential, in process ...", flush=True)
-        base = baseline(stack, base_versions)  # before the webhook exists: nothing else runs
-        stack.register_webhook()
-        for c in counts:
-            print(f"gate with {c} worker process(es) ...", flush=True)
-            proc = stack.start_worker(f"worker-c{c}", concurrency=c)
-            if c == counts[0] and single_versions:
-                single = unloaded(stack, single_versions, args.poll_unloaded)
-                single["worker_processes"] = c
-            tasks_before = proc.log_tail(50_000_000).count("succeeded in")
-            result = gate_round(stack, r, round_versions[c], f"e2e-c{c}", args.poll)
-            tasks = proc.log_tail(50_000_000).count("succeeded in") - tasks_before
-            result["tasks_succeeded"] = tasks
-            result["worker_processes"] = c
-            stack.stop(f"worker-c{c}")
-            rounds.append(result)
+    postgres = None
+    with Stack(f"e2e-{backend}", keep=args.keep) as stack:
+        try:
+            stack.start_redis()
+            if backend == "postgresql":
+                from postgres import start_postgres
 
+                postgres = start_postgres()
+                postgres.create_database("mlflow")
+                stack.start_mlflow(postgres.url("mlflow"), workers=args.mlflow_workers)
+            else:
+                stack.start_mlflow()
+            stack.start_receiver()
+            print(f"[{backend}] MLflow {stack.mlflow_uri}; workdir {stack.workdir}", flush=True)
+            r = redis.Redis.from_url(stack.redis_url)
+            print(f"[{backend}] creating {args.n * (len(counts) + 1)} versions ...", flush=True)
+            uri = stack.mlflow_uri
+            base_versions = create_versions(uri, "e2e-base", args.n, request="champion")
+            round_versions = {
+                c: create_versions(stack.mlflow_uri, f"e2e-c{c}", args.n) for c in counts
+            }
+            single_versions = create_versions(stack.mlflow_uri, "e2e-single", args.unloaded)
+            print(f"[{backend}] baseline: sequential, in process ...", flush=True)
+            base = baseline(stack, base_versions)  # before the webhook exists: nothing else runs
+            stack.register_webhook()
+            for c in counts:
+                print(f"[{backend}] gate with {c} worker process(es) ...", flush=True)
+                proc = stack.start_worker(f"worker-c{c}", concurrency=c)
+                if c == counts[0] and single_versions:
+                    single = unloaded(stack, single_versions, args.poll_unloaded)
+                    single["worker_processes"] = c
+                tasks_before = proc.log_tail(50_000_000).count("succeeded in")
+                result = gate_round(stack, r, round_versions[c], f"e2e-c{c}", args.poll)
+                tasks = proc.log_tail(50_000_000).count("succeeded in") - tasks_before
+                result["tasks_succeeded"] = tasks
+                result["worker_processes"] = c
+                stack.stop(f"worker-c{c}")
+                rounds.append(result)
+        finally:
+            if postgres is not None:
+                stack.stop("mlflow")
+                postgres.stop()
+    base["backend"] = backend
+    base["mlflow_workers"] = args.mlflow_workers if backend == "postgresql" else 1
+    return base, rounds, single
+
+
+def report(
+    backend: str,
+    args: argparse.Namespace,
+    base: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    single: dict[str, Any],
+) -> tuple[str, dict[str, str]]:
     per_base = base["per_decision_s"]["mean"]
     headers = ["design", "decisions", "p50 ms", "p99 ms", "decisions/s", "ms/decision",
-               "vs baseline", "tasks/dec", "webhooks/dec", "Redis cmds/dec"]  # fmt: skip
+               "vs baseline", "tasks/dec", "webhooks/dec", "MLflow req/dec",
+               "Redis cmds/dec"]  # fmt: skip
     rows: list[list[object]] = [
         ["sequential script (baseline)", base["decisions"], ms(base["per_decision_s"]["p50"]),
          ms(base["per_decision_s"]["p99"]), base["decisions_per_s"], ms(per_base), "1.00x",
-         "-", "-", 0],
+         "-", "-", f"{base['mlflow_calls_total_per_decision']:g}", 0],
     ]  # fmt: skip
     for g in rounds:
         per = g["per_decision_s"]
+        seen = g["mlflow_requests_seen"]
+        # MLflow's requests in the round, less the benchmark's own: its tag sets and its polls
+        own = g["decisions"] + g["undecided"] + g["mlflow_polls"]
+        gate_calls = round((seen - own) / max(g["decisions"], 1), 2) if seen else "-"
         rows.append(
             [
                 f"gate, {g['worker_processes']} worker process(es)",
@@ -262,7 +347,8 @@ def main() -> None:
                 ms(g["latency_s"]["p50"]), ms(g["latency_s"]["p99"]), g["decisions_per_s"],
                 ms(per), f"{per / per_base:.2f}x" if per and per_base else "-",
                 round(g["tasks_succeeded"] / max(g["decisions"], 1), 2),
-                g["webhooks_received_per_decision"], g["redis_commands_per_decision"],
+                g["webhooks_received_per_decision"], gate_calls,
+                g["redis_commands_per_decision"],
             ]
         )  # fmt: skip
     if single:
@@ -270,7 +356,8 @@ def main() -> None:
         rows.append(
             [
                 f"gate, one request at a time ({single['worker_processes']} proc.)",
-                single["decisions"], ms(lat["p50"]), ms(lat["p99"]), "-", "-", "-", "-", "-", "-",
+                single["decisions"], ms(lat["p50"]), ms(lat["p99"]), "-", "-", "-", "-", "-",
+                "-", "-",
             ]
         )  # fmt: skip
     cpu_headers = ["design", *base["cpu_ms_per_decision"].keys(), "worker"]
@@ -280,37 +367,28 @@ def main() -> None:
         cpu_rows.append(
             [f"gate, {g['worker_processes']} proc.", *(c.get(k, "-") for k in cpu_headers[1:])]
         )
-    info = machine_info()
     calls = ", ".join(f"{k} x{v:g}" for k, v in base["mlflow_calls_per_decision"].items())
-    printed = "\n".join(
+    again = ", ".join(
+        f"{k} x{v:g}" for k, v in base["asked_again_mlflow_calls_per_decision"].items()
+    )
+    workers = base["mlflow_workers"]
+    text = "\n".join(
         [
-            f"e2e: {args.n} promotion requests per round, tag set -> governance.status visible "
-            f"(one search every {args.poll:g} s; one version read every {args.poll_unloaded:g} s "
-            "one at a time); baseline latency is one decision's own time",
-            f"machine: {machine_line(info)}",
+            f"== MLflow on {backend} ({workers} server process{'es' if workers > 1 else ''})",
             table(headers, rows),
             "CPU ms per decision, by process group:",
             table(cpu_headers, cpu_rows),
             f"MLflow calls per decision (baseline and worker run the same code): "
             f"{base['mlflow_calls_total_per_decision']:g} ({calls})",
+            f"the same requests asked again: "
+            f"{base['asked_again_mlflow_calls_total_per_decision']:g} ({again})",
         ]
     )
-    print("\n" + printed)
-    path = write_results(
-        "e2e",
-        params,
-        {
-            "baseline": base,
-            "gate": rounds,
-            "unloaded": single,
-            "markdown": markdown_table(headers, rows),
-            "cpu_markdown": markdown_table(cpu_headers, cpu_rows),
-        },
-        load_start=load_start,
-        started=started,
-        printed=printed,
-    )
-    print(f"\nresults: {path}")
+    markdown = {
+        "markdown": markdown_table(headers, rows),
+        "cpu_markdown": markdown_table(cpu_headers, cpu_rows),
+    }
+    return text, markdown
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ remove one piece of work each, to show what each costs per request:
   `mlflow-gate receiver` process does (its own log lines; gunicorn's access log is not included);
 - logging at WARNING: what the per-request INFO lines cost;
 - without the app's before/after-request hooks (the per-request metrics, where present);
-- without Celery's `task-sent` event (task_send_sent_event=False): one PUBLISH less (the gate has
-  turned it off since this found it costing about a fifth of an acknowledgement);
-- publish replaced by a no-op: the floor of verify + parse + dedupe without the enqueue.
+- through `publisher()` (Celery's send_task, without its `task-sent` event): the three round trips
+  the receiver made before its one atomic EVALSHA (claim the delivery id, publish, mark it done);
+- publish replaced by a no-op: the floor of verify + parse + dedupe (two SETs) without the
+  enqueue.
 
 Also counts the Redis commands per request and prints the top of a cProfile of the handler.
 
@@ -121,7 +122,9 @@ def main() -> None:
             "as configured (INFO logs)": lambda: create_app(settings),
             "logging at WARNING": lambda: create_app(settings),
             "without request hooks (metrics)": lambda: without_hooks(create_app(settings)),
-            "without the task-sent event": lambda: create_app(settings, publish=publisher(quiet)),
+            "through publisher(): 3 round trips": lambda: create_app(
+                settings, publish=publisher(quiet)
+            ),
             "enqueue replaced by a no-op": lambda: create_app(settings, publish=noop),
         }
         apps = {name: make() for name, make in variants.items()}

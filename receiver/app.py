@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from receiver.admin import admin_blueprint
 from receiver.api import api_blueprint
+from receiver.enqueue import AtomicEnqueue, TaskMessages
 from receiver.intake import Intake
 from receiver.metrics import metrics_blueprint
 from receiver.responses import answer
@@ -39,8 +40,12 @@ def create_app(
     client = redis_client or redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=1
     )
-    publish = publish or publisher(create_celery(settings))
-    intake = Intake(client, publish, settings.dedupe_ttl_seconds)
+    enqueue: AtomicEnqueue | None = None
+    if publish is None:  # the receiver's own queue: one atomic round trip per event
+        celery = create_celery(settings)
+        publish = publisher(celery)  # for the admin's replays
+        enqueue = AtomicEnqueue(client, TaskMessages(celery), settings.dedupe_ttl_seconds)
+    intake = Intake(client, publish, settings.dedupe_ttl_seconds, enqueue)
     sources = inbound_sources(settings)
 
     app = Flask("mlflow_gate.receiver")

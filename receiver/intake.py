@@ -1,12 +1,19 @@
-"""Dedupe by delivery id, then persist the event to the queue. Nothing else on the hot path."""
+"""Dedupe by delivery id, then persist the event to the queue. Nothing else on the hot path.
+
+The receiver's own path is one atomic round trip (receiver/enqueue.py). With a `publish`
+function of its own instead (the unit tests, a tool), the same guarantees take three: claim the
+delivery id as pending, publish, mark it done.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from enum import Enum
+from typing import Any
 
 import redis
 
+from receiver.enqueue import AtomicEnqueue, Queued
 from shared import keys
 from shared.errors import TransientError
 from shared.events import GateEvent
@@ -34,14 +41,25 @@ class QueueUnavailable(TransientError):
 
 
 class Intake:
-    def __init__(self, client: redis.Redis, publish: Publish, dedupe_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        publish: Publish,
+        dedupe_ttl_seconds: int,
+        enqueue: AtomicEnqueue | None = None,
+    ) -> None:
         self.client = client
         self.publish = publish
         self.dedupe_ttl = dedupe_ttl_seconds
+        self.enqueue = enqueue
 
-    def accept(self, event: GateEvent) -> Accepted:
-        """Enqueue the event once per delivery id; raise QueueUnavailable if it cannot be."""
+    def accept(self, event: GateEvent, payload: dict[str, Any] | None = None) -> Accepted:
+        """Enqueue the event once per delivery id; raise QueueUnavailable if it cannot be.
+        `payload`: the event's to_dict(), when the caller has it already."""
         marker = keys.delivery(event.registry.value, event.event_id)
+        payload = event.to_dict() if payload is None else payload
+        if self.enqueue is not None:
+            return _accept_atomically(self.enqueue, marker, payload)
         try:
             claimed = self.client.set(
                 marker, _PENDING, nx=True, ex=keys.DELIVERY_PENDING_TTL_SECONDS
@@ -55,7 +73,7 @@ class Intake:
         except redis.RedisError as exc:
             raise QueueUnavailable("the gate's queue (Redis) did not answer", exc) from exc
         try:
-            self.publish(event.to_dict())
+            self.publish(payload)
         except Exception as exc:
             self._release(marker)
             raise QueueUnavailable("the gate's queue could not take the event", exc) from exc
@@ -68,3 +86,13 @@ class Intake:
     def _release(self, marker: str) -> None:
         with contextlib.suppress(redis.RedisError):  # else it expires on its own, soon
             self.client.delete(marker)
+
+
+def _accept_atomically(enqueue: AtomicEnqueue, marker: str, payload: dict[str, Any]) -> Accepted:
+    try:
+        queued = enqueue(marker, payload)
+    except redis.RedisError as exc:
+        raise QueueUnavailable("the gate's queue (Redis) could not take the event", exc) from exc
+    if queued is Queued.IN_PROGRESS:
+        raise QueueUnavailable("the same delivery is being enqueued; retry shortly")
+    return Accepted.ENQUEUED if queued is Queued.QUEUED else Accepted.DUPLICATE

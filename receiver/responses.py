@@ -42,9 +42,10 @@ def admit(
         return answer(400, "bad_request", str(exc))
     if event is None:
         return answer(200, "ignored", "the gate does not act on this event", event_id)
-    with event_context(event.to_dict()):
+    payload = event.to_dict()
+    with event_context(payload):
         try:
-            accepted = intake.accept(event)
+            accepted = intake.accept(event, payload)
         except QueueUnavailable as exc:
             log.error("not accepted: %s%s", exc, f" ({exc.detail})" if exc.detail else "")
             response, status = answer(

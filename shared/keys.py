@@ -12,8 +12,14 @@ TASK_REDRIVE = "gate.redrive"
 # Notifications: one delivery to one sink (worker/delivery.py), on the same queue.
 TASK_DELIVER = "gate.deliver"
 
-# Where kombu's Redis transport keeps delivered, not yet acknowledged messages.
+# Where kombu's Redis transport keeps delivered, not yet acknowledged messages: a hash of
+# delivery tag -> [message, exchange, routing key], and a sorted set of tags by delivery time.
 UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+# Live workers: a set of worker ids, and per worker a heartbeat (the delivery tags it holds, and
+# when it said so) that expires after GATE_WORKER_DEAD_AFTER_SECONDS without a new one.
+WORKERS = f"{PREFIX}:workers"
 
 # Dead letters: a hash of id -> entry, and a sorted set of ids by time of the last failure.
 DEADLETTER = f"{PREFIX}:deadletter"
@@ -49,3 +55,10 @@ def starts(task_id: str, retries: int) -> str:
 
 def model_lock(model: str) -> str:
     return f"{PREFIX}:lock:model:{model}"
+
+
+MODEL_LOCKS = f"{PREFIX}:lock:model:*"  # a pattern for SCAN
+
+
+def worker_heartbeat(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"

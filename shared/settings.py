@@ -77,6 +77,10 @@ class Settings:
     # Decisions for one model are serialised by a lock that expires by itself, so that a worker
     # killed while holding it blocks that model for this long at most. Longer than a reconcile.
     model_lock_seconds: float = 60.0
+    # A worker whose heartbeat (in Redis) is this old is dead: the live workers put the messages
+    # it held back in the queue and free its model locks. 0 turns that off (the Redis
+    # visibility timeout, an hour, and the sweep are then what rescue its events).
+    worker_dead_after_seconds: float = 30.0
     # The gate's ledger (decisions, approvals): SQLite in the data folder of `mlflow-gate up`,
     # relative to the working directory; PostgreSQL in production. Kept out of repr: it may
     # hold a password.
@@ -133,6 +137,9 @@ class Settings:
             ),
             model_lock_seconds=read.number(
                 "GATE_MODEL_LOCK_SECONDS", "model_lock_seconds", minimum=1
+            ),
+            worker_dead_after_seconds=read.number(
+                "GATE_WORKER_DEAD_AFTER_SECONDS", "worker_dead_after_seconds", minimum=0
             ),
             databricks=_workspace(read),
             database_url=read.text("GATE_DATABASE_URL", "database_url").strip(),
@@ -242,6 +249,12 @@ def _check(settings: Settings) -> None:
     if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(
             f"GATE_LOG_LEVEL={settings.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR"
+        )
+    if 0 < settings.worker_dead_after_seconds < 3:
+        raise ConfigError(
+            f"GATE_WORKER_DEAD_AFTER_SECONDS={settings.worker_dead_after_seconds:g} is too short "
+            "for a heartbeat to arrive in time (live workers would look dead); use 3 or more, "
+            "or 0 to turn the recovery of dead workers' events off"
         )
     database_url.parse(settings.database_url, "GATE_DATABASE_URL")
     if settings.trusted_user_header and not settings.trusted_proxies:

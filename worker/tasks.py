@@ -22,6 +22,7 @@ from shared.logs import event_context
 from shared.policy import PolicySet
 from shared.queue import Publish, publisher
 from worker import runtime
+from worker.liveness import WORKER_ID
 from worker.lock import ModelLock
 from worker.metrics import DEAD_LETTERS, RETRIES
 from worker.redrive import redrive as redrive_dead_letters
@@ -60,7 +61,24 @@ def reconcile(self: Task, payload: Any) -> str:
             exc,
         )
         time.sleep(REQUEUE_PAUSE_SECONDS)
+        _uncount_start(self)
         raise Reject(exc, requeue=True) from exc
+
+
+def _uncount_start(task: Task) -> None:
+    """This start ends in a requeue, not in a dead worker: take it back from the count that
+    `_reconcile` keeps, or the event would be dead-lettered as WorkerLost after
+    GATE_MAX_DELIVERIES requeues (a few Redis hiccups). Best effort: Redis may refuse this
+    write too, and then the count stays one too high."""
+    if task.request.id is None:
+        return
+    key = keys.starts(str(task.request.id), int(task.request.retries or 0))
+    try:
+        client = runtime.current().clients.redis
+        if client.exists(key):
+            client.decr(key)
+    except redis.RedisError as exc:
+        log.warning("could not take back the start counted in %s: %s", key, exc)
 
 
 def _reconcile(task: Task, event: GateEvent) -> str:
@@ -112,7 +130,7 @@ def _decide(event: GateEvent) -> str:
     extended before every write, and a decision whose lock expired stops (worker/lock.py)."""
     rt = runtime.current()
     clients = rt.clients
-    lock = ModelLock(clients.redis, event.model, rt.settings.model_lock_seconds)
+    lock = ModelLock(clients.redis, event.model, rt.settings.model_lock_seconds, WORKER_ID)
     if not lock.acquire(wait=keys.MODEL_LOCK_WAIT_SECONDS):
         raise TransientError(
             f"model {event.model} is locked by another decision (or by a worker that died, "
@@ -135,16 +153,27 @@ class WorkerLost(PermanentError):
     """The event's worker process died again and again: a poison message."""
 
 
+class RetryNotPublished(TransientError):
+    """The event failed for a reason that may go away, and its retry could not be published:
+    a transient dead letter, which the redrive replays."""
+
+
 @task_failure.connect  # type: ignore[untyped-decorator]
 def _dead_letter_on_failure(
     sender: Task | None = None, exception: BaseException | None = None, args: Any = None, **_: Any
 ) -> None:
     """Failures that bypass the task's own handling (a retry that could not be published, a
-    Redis error before the decision) still leave a dead letter before the message is acked."""
+    Redis error before the decision) still leave a dead letter before the message is acked.
+    Celery (5.7 and later) sends task_failure for the Reject that Task.retry raises when it
+    cannot publish the retry: that dead letter is RetryNotPublished, a transient one, so that
+    the redrive replays it."""
     if sender is None or sender.name != keys.TASK_RECONCILE or not args:
         return
     payload = args[0] if isinstance(args[0], dict) else {"raw": args[0]}
     error = exception or RuntimeError("unknown failure")
+    if isinstance(error, Reject):  # what Task.retry raises when it cannot publish the retry
+        why = error.reason
+        error = RetryNotPublished(f"its retry could not be published: {type(why).__name__}: {why}")
     try:
         _dead_letter(payload, error, int(getattr(sender.request, "retries", 0) or 0) + 1)
     except redis.RedisError:

@@ -66,18 +66,25 @@ class MlflowRegistry:
     def __init__(self, rest: RestClient) -> None:
         self.rest = rest
         self.api = Endpoints(rest)
+        # The tags last read (or written) on versions and registered models, so that a decision
+        # writes only the governance tags whose value changes, without reading them again.
+        self._known = KnownTags()
 
     def healthy(self) -> bool:
         return self.rest.answers("GET", "/health")
 
     # -- facts -----------------------------------------------------------------------------
     def version(self, model: str, version: str) -> VersionFacts:
-        return self.api.version_facts(self.api.model_version(model, version))
+        facts = self.api.version_facts(self.api.model_version(model, version))
+        self._known.read((model, version), facts.tags)
+        return facts
 
     def holder(self, model: str, target: Target) -> str | None:
         if target.is_stage:
             return self.api.newest_in_stage(model, target.name)
-        return _alias_holder(self.api.registered_model(model), target.name)
+        rm = self.api.registered_model(model)
+        self._known.read((model, None), tag_map(rm))
+        return _alias_holder(rm, target.name)
 
     def request(self, model: str, version: str, target: Target | None) -> Request | None:
         candidate = self.version(model, version)
@@ -100,7 +107,11 @@ class MlflowRegistry:
 
     # -- what the gate approved -------------------------------------------------------------
     def show_approval(self, model: str, target: Target, version: str) -> None:
-        self.api.set_model_tag(model, tags.approved_pointer(target.name), version)
+        key = tags.approved_pointer(target.name)
+        if self._known.has((model, None), key, version):
+            return
+        self.api.set_model_tag(model, key, version)
+        self._known.wrote((model, None), key, version)
 
     # -- acts ------------------------------------------------------------------------------
     def approve(self, request: Request, decision: Decision, archive: bool) -> str:
@@ -135,8 +146,14 @@ class MlflowRegistry:
         return "the alias was removed"
 
     def show(self, model: str, version: str, tags_to_write: Mapping[str, str]) -> None:
+        """Write the decision's tags in their order (status last), skipping each one the version
+        already has with that value, as the decision read it: each write costs a call and
+        comes back as a webhook that MLflow pays to send."""
         for key, value in tags_to_write.items():
+            if self._known.has((model, version), key, value):
+                continue
             self.api.set_version_tag(model, version, key, value)
+            self._known.wrote((model, version), key, value)
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, policies: PolicySet) -> Iterator[GateEvent]:
@@ -171,6 +188,32 @@ class MlflowRegistry:
                         str(mv["version"]),
                         stage,
                     )
+
+
+class KnownTags:
+    """The tags of the versions (model, version) and registered models (model, None) this
+    process read last, kept for the most recent `size` of them. A decision reads its version
+    (and, for a comparison, its registered model) before it writes, so this is what the
+    registry showed during the decision."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._tags: dict[tuple[str, str | None], dict[str, str]] = {}
+
+    def read(self, entity: tuple[str, str | None], found: Mapping[str, str]) -> None:
+        self._tags.pop(entity, None)
+        self._tags[entity] = dict(found)
+        while len(self._tags) > self.size:
+            del self._tags[next(iter(self._tags))]
+
+    def has(self, entity: tuple[str, str | None], key: str, value: str) -> bool:
+        known = self._tags.get(entity)
+        return known is not None and known.get(key) == value
+
+    def wrote(self, entity: tuple[str, str | None], key: str, value: str) -> None:
+        known = self._tags.get(entity)
+        if known is not None:
+            known[key] = value
 
 
 def _alias_holder(rm: Mapping[str, object], alias: str) -> str | None:
