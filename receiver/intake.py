@@ -91,6 +91,8 @@ class Intake:
 def _accept_atomically(enqueue: AtomicEnqueue, marker: str, payload: dict[str, Any]) -> Accepted:
     try:
         queued = enqueue(marker, payload)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueUnavailable("the gate's queue (Redis) did not answer", exc) from exc
     except redis.RedisError as exc:
         raise QueueUnavailable("the gate's queue (Redis) could not take the event", exc) from exc
     if queued is Queued.IN_PROGRESS:
