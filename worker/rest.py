@@ -150,11 +150,22 @@ class RestClient:
         what = what.replace("  ", " ")
         if code == "RESOURCE_DOES_NOT_EXIST" and status < 500:
             status = 404
+        if status < 500 and _write_race(detail):
+            # MLflow's tag upserts race on its database (two writers of one new tag): the row
+            # exists now, so the same write succeeds when tried again.
+            return MlflowUnavailable(f"{what}; a write raced another one, the gate retries it")
         kind, advice = _BY_STATUS.get(status, (None if status >= 500 else MlflowRequestError, ""))
         if kind is None:
             return MlflowUnavailable(f"{what}; the gate retries with backoff")
         advice = advice.format(credentials=self.service.credentials_hint)
         return kind(f"{what}; {advice}" if advice else what, response.status_code, code)
+
+
+_RACES = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
+
+
+def _write_race(detail: str) -> bool:
+    return "IntegrityError" in detail and any(race in detail for race in _RACES)
 
 
 def _body(response: requests.Response) -> Json:
