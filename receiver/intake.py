@@ -93,8 +93,8 @@ def _accept_atomically(enqueue: AtomicEnqueue, marker: str, payload: dict[str, A
         queued = enqueue(marker, payload)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise QueueUnavailable("the gate's queue (Redis) did not answer", exc) from exc
-    except redis.RedisError as exc:
-        raise QueueUnavailable("the gate's queue (Redis) could not take the event", exc) from exc
+    except redis.RedisError as exc:  # it answered, and refused (out of memory, say)
+        raise QueueUnavailable("the gate's queue could not take the event", exc) from exc
     if queued is Queued.IN_PROGRESS:
         raise QueueUnavailable("the same delivery is being enqueued; retry shortly")
     return Accepted.ENQUEUED if queued is Queued.QUEUED else Accepted.DUPLICATE

@@ -175,3 +175,6 @@ def test_redis_down_is_503(tmp_path: Path) -> None:
     settings = Settings(webhook_secret=SECRET, redis_url="redis://127.0.0.1:1/0")
     answer = post(create_app(settings).test_client(), f"delivery-{uuid.uuid4()}")
     assert answer.status_code == 503
+    assert answer.json["message"] == (
+        "the gate's queue (Redis) did not answer; the event was not accepted, retry later"
+    )
