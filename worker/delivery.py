@@ -7,13 +7,10 @@ and replays them, and the replay keeps the delivery's id."""
 from __future__ import annotations
 
 import logging
-import random
-import time
 from typing import Any
 
 import redis
 from celery import Task, shared_task
-from celery.exceptions import Reject
 from celery.signals import task_failure
 
 from shared import keys
@@ -23,14 +20,9 @@ from shared.notify.delivery import Delivery
 from shared.notify.errors import SinkNotConfigured
 from shared.notify.send import send
 from shared.notify.sinks import find, label, resolve
-from worker import runtime
-from worker.metrics import DEAD_LETTERS, RETRIES
+from worker import attempts, runtime
 
 log = logging.getLogger(__name__)
-
-# How long a worker waits before it gives back a message it could not keep track of (Redis
-# refused the dead letter), so that a Redis in trouble is not hammered by the same message.
-REQUEUE_PAUSE_SECONDS = 2.0
 
 
 # max_retries=None on the task itself: Celery reads `retry(max_retries=None)` as "the task's
@@ -48,15 +40,7 @@ def deliver(self: Task, payload: Any) -> str:
             return outcome
     except redis.RedisError as exc:
         # The dead letter could not be written: acknowledging would lose the notification.
-        log.error(
-            "could not dead-letter this notification in Redis (%s: %s); the message goes back "
-            "to the queue. Check Redis: that it is up, has memory left and uses "
-            "maxmemory-policy noeviction",
-            type(exc).__name__,
-            exc,
-        )
-        time.sleep(REQUEUE_PAUSE_SECONDS)
-        raise Reject(exc, requeue=True) from exc
+        raise attempts.give_back(exc, "notification") from exc
 
 
 def _deliver(task: Task, delivery: Delivery) -> str:
@@ -80,16 +64,10 @@ def _deliver(task: Task, delivery: Delivery) -> str:
             ) from None
         status = send(endpoint, delivery)
     except TransientError as exc:
-        if attempt >= rt.settings.retry_max_attempts:
+        if attempts.exhausted(attempt):
             return _dead_letter(delivery.to_dict(), exc, attempt)
-        delay = rt.settings.retry_delay(attempt)
-        countdown = random.uniform(delay / 2, delay)  # jitter: many retries spread out
-        log.warning(
-            "notification %s to %s: attempt %d failed (%s); retrying in %.1f s",
-            delivery.notice_type, where, attempt, exc, countdown,
-        )  # fmt: skip
-        RETRIES.inc()
-        raise task.retry(exc=exc, countdown=countdown) from exc
+        what = f"notification {delivery.notice_type} to {where}"
+        raise attempts.retry_later(task, exc, attempt, what) from exc
     except PermanentError as exc:
         return _dead_letter(delivery.to_dict(), exc, attempt)
     except Exception as exc:  # a bug: never lose the notification
@@ -98,9 +76,7 @@ def _deliver(task: Task, delivery: Delivery) -> str:
     return f"delivered {delivery.notice_type} to {where} ({status}) after {attempt} attempt(s)"
 
 
-def _dead_letter(payload: dict[str, Any], error: BaseException, attempts: int) -> str:
-    runtime.current().clients.deadletters.put(payload, error, attempts)
-    DEAD_LETTERS.labels(type(error).__name__).inc()
+def _dead_letter(payload: dict[str, Any], error: BaseException, tried: int) -> str:
     # A permanent error's message says what to fix; a transient one's only what happened.
     then = (
         "; the redrive (worker --beat) tries it again, or `mlflow-gate dlq replay "
@@ -108,25 +84,14 @@ def _dead_letter(payload: dict[str, Any], error: BaseException, attempts: int) -
         if isinstance(error, TransientError)
         else ""
     )
-    log.error(
-        "notification dead-lettered after %d attempt(s): %s: %s%s",
-        attempts, type(error).__name__, error, then,
-    )  # fmt: skip
-    return f"dead-lettered after {attempts} attempt(s): {error}"
+    return attempts.dead_letter(payload, error, tried, then)
 
 
 @task_failure.connect  # type: ignore[untyped-decorator]
 def _dead_letter_on_failure(
     sender: Task | None = None, exception: BaseException | None = None, args: Any = None, **_: Any
 ) -> None:
-    """A failure that bypasses the task's own handling (a retry that could not be published)
-    still leaves a dead letter before the message is acknowledged."""
-    if sender is None or sender.name != keys.TASK_DELIVER or not args:
-        return
-    payload = args[0] if isinstance(args[0], dict) else {"raw": args[0]}
-    error = exception or RuntimeError("unknown failure")
-    try:
-        _dead_letter(payload, error, int(getattr(sender.request, "retries", 0) or 0) + 1)
-    except redis.RedisError:
-        log.exception("could not dead-letter notification %s: Redis is down", payload.get(
-            "event_id"))  # fmt: skip
+    """A delivery's failure that bypassed the task's own handling: see attempts.failed (a
+    retry that could not be published is a transient dead letter the redrive replays)."""
+    if sender is not None and sender.name == keys.TASK_DELIVER and args:
+        attempts.failed(sender, exception, args)

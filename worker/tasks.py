@@ -4,14 +4,12 @@ redrive. Short: each step lives elsewhere."""
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import Task, shared_task
-from celery.exceptions import Reject
 from celery.signals import task_failure
 from redis.exceptions import LockNotOwnedError
 
@@ -21,19 +19,13 @@ from shared.events import GateEvent
 from shared.logs import event_context
 from shared.policy import PolicySet
 from shared.queue import Publish, publisher
-from worker import runtime
+from worker import attempts, runtime
 from worker.liveness import WORKER_ID
 from worker.lock import ModelLock
-from worker.metrics import DEAD_LETTERS, RETRIES
 from worker.redrive import redrive as redrive_dead_letters
 from worker.registry import Registry
 
 log = logging.getLogger(__name__)
-
-
-# How long a worker waits before it gives back a message it could not keep track of (Redis
-# refused a write), so that a Redis in trouble is not hammered by the same message.
-REQUEUE_PAUSE_SECONDS = 2.0
 
 
 # max_retries=None on the task: Celery reads `retry(max_retries=None)` as "the task's default",
@@ -51,18 +43,10 @@ def reconcile(self: Task, payload: Any) -> str:
             return outcome
     except redis.RedisError as exc:
         # Redis refused a write the gate needs to keep track of the event (its dead letter, the
-        # bookkeeping of its deliveries): acknowledging the message would lose the event. It
-        # goes back to the queue instead, and is tried again.
-        log.error(
-            "could not keep track of this event in Redis (%s: %s); the message goes back to the "
-            "queue. Check Redis: that it is up, has memory left and uses maxmemory-policy "
-            "noeviction",
-            type(exc).__name__,
-            exc,
-        )
-        time.sleep(REQUEUE_PAUSE_SECONDS)
+        # bookkeeping of its deliveries): it goes back to the queue and is tried again.
+        back = attempts.give_back(exc, "event")
         _uncount_start(self)
-        raise Reject(exc, requeue=True) from exc
+        raise back from exc
 
 
 def _uncount_start(task: Task) -> None:
@@ -102,13 +86,9 @@ def _reconcile(task: Task, event: GateEvent) -> str:
     try:
         outcome = _decide(event)
     except (TransientError, redis.RedisError) as exc:
-        if attempt >= rt.settings.retry_max_attempts:
+        if attempts.exhausted(attempt):
             return _dead_letter(event.to_dict(), exc, attempt)
-        delay = rt.settings.retry_delay(attempt)
-        countdown = random.uniform(delay / 2, delay)  # jitter: retries of many events spread out
-        log.warning("attempt %d failed (%s); retrying in %.1f s", attempt, exc, countdown)
-        RETRIES.inc()
-        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        raise attempts.retry_later(task, exc, attempt, "event") from exc
     except PermanentError as exc:
         return _dead_letter(event.to_dict(), exc, attempt)
     except Exception as exc:  # a bug: never lose the event, never decide on an error path
@@ -118,11 +98,8 @@ def _reconcile(task: Task, event: GateEvent) -> str:
     return outcome
 
 
-def _dead_letter(event: dict[str, Any], error: BaseException, attempts: int) -> str:
-    runtime.current().clients.deadletters.put(event, error, attempts)
-    DEAD_LETTERS.labels(type(error).__name__).inc()
-    log.error("dead-lettered after %d attempt(s): %s: %s", attempts, type(error).__name__, error)
-    return f"dead-lettered after {attempts} attempt(s): {error}"
+def _dead_letter(event: dict[str, Any], error: BaseException, tried: int) -> str:
+    return attempts.dead_letter(event, error, tried)
 
 
 def _decide(event: GateEvent) -> str:
@@ -153,31 +130,16 @@ class WorkerLost(PermanentError):
     """The event's worker process died again and again: a poison message."""
 
 
-class RetryNotPublished(TransientError):
-    """The event failed for a reason that may go away, and its retry could not be published:
-    a transient dead letter, which the redrive replays."""
+RetryNotPublished = attempts.RetryNotPublished
 
 
 @task_failure.connect  # type: ignore[untyped-decorator]
 def _dead_letter_on_failure(
     sender: Task | None = None, exception: BaseException | None = None, args: Any = None, **_: Any
 ) -> None:
-    """Failures that bypass the task's own handling (a retry that could not be published, a
-    Redis error before the decision) still leave a dead letter before the message is acked.
-    Celery (5.7 and later) sends task_failure for the Reject that Task.retry raises when it
-    cannot publish the retry: that dead letter is RetryNotPublished, a transient one, so that
-    the redrive replays it."""
-    if sender is None or sender.name != keys.TASK_RECONCILE or not args:
-        return
-    payload = args[0] if isinstance(args[0], dict) else {"raw": args[0]}
-    error = exception or RuntimeError("unknown failure")
-    if isinstance(error, Reject):  # what Task.retry raises when it cannot publish the retry
-        why = error.reason
-        error = RetryNotPublished(f"its retry could not be published: {type(why).__name__}: {why}")
-    try:
-        _dead_letter(payload, error, int(getattr(sender.request, "retries", 0) or 0) + 1)
-    except redis.RedisError:
-        log.exception("could not dead-letter event %s: Redis is down", payload.get("event_id"))
+    """An event's failure that bypassed the task's own handling: see attempts.failed."""
+    if sender is not None and sender.name == keys.TASK_RECONCILE and args:
+        attempts.failed(sender, exception, args)
 
 
 @shared_task(name=keys.TASK_SWEEP)  # type: ignore[untyped-decorator]

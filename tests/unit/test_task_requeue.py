@@ -19,7 +19,7 @@ from shared.deadletter import DeadLetterStore
 from shared.ledger import Ledger
 from shared.policy import PolicySet
 from shared.settings import Settings
-from worker import runtime, tasks
+from worker import attempts, runtime, tasks
 from worker.pipeline import Pipeline
 from worker.registries import Registries
 
@@ -68,7 +68,7 @@ def client(monkeypatch: pytest.MonkeyPatch, sqlite_ledger: Ledger) -> Iterator[f
         deadletters=DeadLetterStore(client),
     )
     monkeypatch.setattr(runtime, "_current", rt)
-    monkeypatch.setattr(tasks, "REQUEUE_PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(attempts, "REQUEUE_PAUSE_SECONDS", 0.0)
     monkeypatch.setattr(tasks, "ModelLock", FreeLock)  # fakeredis has no Lua here
     yield client
     client.close()
