@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -245,36 +245,68 @@ class Ledger:
         outcome: Outcome | None = None,
         since: datetime | None = None,
         limit: int = 50,
+        *,
+        until: datetime | None = None,
+        offset: int = 0,
+        outcomes: Sequence[Outcome] | None = None,
     ) -> list[RecordedDecision]:
         """Decisions newest first: on models matching `model_glob` (fnmatch, case-sensitive),
-        for `target`, with `outcome`, decided at or after `since`; at most `limit`."""
+        for `target`, with `outcome` (or any of `outcomes`), decided at or after `since` and
+        before `until`; the first `offset` of them skipped (paging), then at most `limit`."""
         if limit <= 0:
             return []
+        offset = max(offset, 0)
         query = sa.select(decisions).order_by(decisions.c.decided_at.desc(), decisions.c.id.desc())
         if target is not None:
             query = query.where(decisions.c.target == target)
         if outcome is not None:
             query = query.where(decisions.c.outcome == Outcome(outcome).value)
+        if outcomes is not None:
+            query = query.where(decisions.c.outcome.in_([Outcome(o).value for o in outcomes]))
         if since is not None:
             query = query.where(decisions.c.decided_at >= utc(since, "since"))
+        if until is not None:
+            query = query.where(decisions.c.decided_at < utc(until, "until"))
         if model_glob is None:
             with self._read() as conn:
-                rows = conn.execute(query.limit(limit)).all()
+                rows = conn.execute(query.offset(offset).limit(limit)).all()
             return [decision_from_row(row._mapping) for row in rows]
         # LIKE narrows the rows; the glob decides. Stream until `limit` of them match.
         query = query.where(decisions.c.model.like(like_pattern(model_glob), escape=ESCAPE))
         found: list[RecordedDecision] = []
+        skipped = 0
         with self._read() as conn:
-            result = conn.execution_options(yield_per=max(limit, 100)).execute(query)
+            result = conn.execution_options(yield_per=max(limit + offset, 100)).execute(query)
             try:
                 for row in result:
-                    if matches(row.model, model_glob):
-                        found.append(decision_from_row(row._mapping))
-                        if len(found) == limit:
-                            break
+                    if not matches(row.model, model_glob):
+                        continue
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    found.append(decision_from_row(row._mapping))
+                    if len(found) == limit:
+                        break
             finally:
                 result.close()
         return found
+
+    def models(self) -> list[str]:
+        """Every model the ledger has a decision on, by name."""
+        query = sa.select(decisions.c.model).distinct().order_by(decisions.c.model)
+        with self._read() as conn:
+            return [str(row.model) for row in conn.execute(query)]
+
+    def targets(self, model: str) -> list[tuple[RegistryKind, str]]:
+        """The (registry, target) pairs the ledger has decisions on for `model`."""
+        query = (
+            sa.select(decisions.c.registry, decisions.c.target)
+            .where(decisions.c.model == model)
+            .distinct()
+            .order_by(decisions.c.registry, decisions.c.target)
+        )
+        with self._read() as conn:
+            return [(RegistryKind(row.registry), str(row.target)) for row in conn.execute(query)]
 
     # --- human review -----------------------------------------------------------------------
 

@@ -227,6 +227,28 @@ def test_the_limit_counts_only_the_names_the_glob_matches(ledger: Ledger) -> Non
     assert [(d.model, d.version) for d in found] == [("fraud-a", "2"), ("fraud-a", "1")]
 
 
+def test_pages_until_and_several_outcomes(ledger: Ledger) -> None:
+    for minute in range(7):
+        outcome = Outcome.REJECTED if minute % 2 else Outcome.APPROVED
+        ledger.record(row(decided_at=at(minute), version=str(minute), outcome=outcome))
+    ledger.record(row(decided_at=at(9), model="churn", version="9"))
+
+    def versions(**filters: Any) -> list[str]:
+        return [d.version for d in ledger.decisions(**filters)]
+
+    assert versions(limit=3) == ["9", "6", "5"]
+    assert versions(limit=3, offset=3) == ["4", "3", "2"]
+    assert versions(limit=3, offset=6) == ["1", "0"]
+    assert versions(limit=3, offset=99) == []
+    assert versions(until=at(5)) == ["4", "3", "2", "1", "0"]  # exclusive
+    assert versions(outcomes=[Outcome.REJECTED]) == ["5", "3", "1"]
+    assert versions(outcomes=[Outcome.REJECTED, Outcome.APPROVED], limit=2) == ["9", "6"]
+    # A glob pages over the names it matches only.
+    assert versions(model_glob="fraud-*", limit=2, offset=1) == ["5", "4"]
+    assert ledger.models() == ["churn", "fraud-detector"]
+    assert ledger.targets("churn") == [(MLFLOW, "champion")]
+
+
 # --- approvals ---------------------------------------------------------------------------------
 
 
