@@ -75,7 +75,7 @@ class Identities:
         if named:
             if _trusted(peer, self.proxies):
                 name = named
-                return Identity(name, self._is_admin(name), VIA_PROXY)
+                return Identity(name, self.is_admin(name), VIA_PROXY)
             log.warning(
                 "ignored the %s header from %s: not in GATE_TRUSTED_PROXIES", self.header, peer
             )
@@ -129,7 +129,8 @@ class Identities:
         roles = body.get("roles")
         return {str(r.get("name")) for r in roles if isinstance(r, dict)} if roles else set()
 
-    def _is_admin(self, name: str) -> bool:
+    def is_admin(self, name: str) -> bool:
+        """Whether MLflow says `name` is an admin (read now, with the gate's account)."""
         body = self._as_gate(GET_USER, {"username": name}, f"user {name!r}")
         user = body.get("user") if body is not None else None
         return bool(user.get("is_admin")) if isinstance(user, dict) else False

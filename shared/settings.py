@@ -95,6 +95,27 @@ class Settings:
     gate_url: str = "http://localhost:8080"
     # The gate's console (its base URL): notifications link to it when set.
     console_url: str | None = None
+    # The console's session cookies are signed with this (required to serve it); who may replay
+    # and purge dead letters besides MLflow admins: members of this MLflow role.
+    console_secret: str | None = field(default=None, repr=False)
+    console_admin_role: str | None = None
+
+    def require_console_secret(self) -> str:
+        """The console's signing key; refuse to serve without a strong one."""
+        secret = self.console_secret
+        if not secret:
+            raise ConfigError(
+                "GATE_CONSOLE_SECRET is not set: the console signs its sessions with it; set "
+                "it to a random value of 32 characters or more (e.g. `python -c 'import "
+                "secrets; print(secrets.token_urlsafe(32))'`), the same in every console "
+                "process"
+            )
+        if len(secret) < 32:
+            raise ConfigError(
+                f"GATE_CONSOLE_SECRET is {len(secret)} characters long: use 32 or more random "
+                "characters (a short key lets sessions be forged)"
+            )
+        return secret
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +168,8 @@ class Settings:
             trusted_proxies=_networks(read.optional("GATE_TRUSTED_PROXIES")),
             gate_url=read.text("GATE_URL", "gate_url").strip().rstrip("/"),
             console_url=(read.optional("GATE_CONSOLE_URL") or "").strip().rstrip("/") or None,
+            console_secret=read.optional("GATE_CONSOLE_SECRET"),
+            console_admin_role=(read.optional("GATE_CONSOLE_ADMIN_ROLE") or "").strip() or None,
         ).with_tracking_uri(read.text("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
         _check(settings)
         return settings
