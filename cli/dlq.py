@@ -11,10 +11,8 @@ from typing import Any
 import click
 import redis
 
-from shared.deadletter import DeadLetter, DeadLetterStore, replay, select
+from shared.deadletter import DeadLetter, DeadLetterStore, describe, replay, select
 from shared.durations import since_timestamp
-from shared.notify.delivery import is_delivery
-from shared.notify.sinks import label
 from shared.queue import create_celery, publisher
 from shared.settings import Settings
 
@@ -60,7 +58,7 @@ def list_entries(
                 e.id,
                 e.model or "-",
                 e.version or "-",
-                _event(e.event),
+                describe(e.event),
                 f"{e.error_class}: {e.error}"[:60],
                 str(e.attempts),
                 _age(now - e.last_failure),
@@ -70,13 +68,6 @@ def list_entries(
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     click.echo(f"{len(entries)} dead letters")
-
-
-def _event(event: dict[str, Any]) -> str:
-    """What a dead letter was: the webhook event, or for a notification its type and sink."""
-    if is_delivery(event):
-        return f"notify {event.get('notice_type') or '?'} -> {label(str(event.get('sink')))}"
-    return str(event.get("webhook_event") or event.get("kind") or "?")
 
 
 def show(settings: Settings, entry_id: str) -> None:

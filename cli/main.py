@@ -71,6 +71,21 @@ def receiver(host: str, port: int, workers: int, threads: int) -> None:
 
 
 @main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per process")
+@friendly_errors
+def console(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the web console (decisions, models, reviews, dead letters, policy) with gunicorn.
+    Needs GATE_CONSOLE_SECRET."""
+    settings = load_settings()
+    from console.serve import serve
+
+    serve(settings, host=host, port=port, workers=workers, threads=threads)
+
+
+@main.command()
 @click.option("--concurrency", "-c", default=2, show_default=True, type=int)
 @click.option(
     "--pool",

@@ -18,6 +18,7 @@ from shared import keys
 from shared.errors import EventError, TransientError
 from shared.events import GateEvent
 from shared.notify.delivery import is_delivery
+from shared.notify.sinks import label
 from shared.queue import Publish
 
 
@@ -192,3 +193,10 @@ def _as_replayed(event: dict[str, Any]) -> dict[str, Any]:
         return GateEvent.from_dict(event).replayed().to_dict()
     except EventError:
         return event
+
+
+def describe(event: dict[str, Any]) -> str:
+    """What a dead letter was: the webhook event, or for a notification its type and sink."""
+    if is_delivery(event):
+        return f"notify {event.get('notice_type') or '?'} -> {label(str(event.get('sink')))}"
+    return str(event.get("webhook_event") or event.get("kind") or "?")

@@ -77,7 +77,7 @@ def reviews_for(
         if mine and why_not is not None:
             continue
         shown.append({**summary(review, votes, now), "you_may_review": why_not is None,
-                      "why_not": why_not, "decision_id": review.id})  # fmt: skip
+                      "why_not": why_not})  # fmt: skip
     return shown
 
 
