@@ -209,13 +209,15 @@ def up(
     receiver_port: int,
     flower_port: int,
     redis_port: int,
+    console_port: int,
 ) -> None:
-    """Start the whole stack on this machine: MLflow, Redis, receiver, worker, Flower."""
+    """Start the whole stack on this machine: MLflow, Redis, receiver, worker, Flower and the
+    console."""
     from cli.up import Options
     from cli.up import up as run
 
     options = Options(data_dir, mlflow_uri, mlflow_port, receiver_port, flower_port, redis_port,
-                      demo)  # fmt: skip
+                      demo, console_port)  # fmt: skip
     sys.exit(run(load_settings(), options, click.echo))
 
 

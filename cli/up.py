@@ -1,8 +1,9 @@
 """`mlflow-gate up`: the whole stack on one machine, with no other set-up.
 
-MLflow (SQLite in a local data folder, webhooks to localhost allowed), Redis (the one at
-GATE_REDIS_URL when it answers, else a private redis-server), the receiver, a worker with the
-periodic sweep and redrive, and Flower; the webhook registered; every URL printed. Ctrl-C stops
+MLflow (SQLite in a local data folder, webhooks to localhost allowed, its own user accounts with
+an `admin` whose password is kept in the data folder), Redis (the one at GATE_REDIS_URL when it
+answers, else a private redis-server), the receiver, a worker with the periodic sweep and
+redrive, Flower and the console; the webhook registered; every URL and login printed. Ctrl-C stops
 everything, each service's whole process group, leaving nothing behind.
 """
 
@@ -101,6 +102,7 @@ class Options:
     flower_port: int
     redis_port: int
     demo: bool
+    console_port: int = 8090
 
 
 def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int:
@@ -126,6 +128,10 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
         redis_url = _redis(sup, settings, options, env)
         mlflow_uri = _mlflow(sup, options, env)
         _wait("MLflow", lambda: http_ok(f"{mlflow_uri}/health"), sup)
+        if not options.mlflow_uri:  # ours: the gate signs in as its admin (its password in env)
+            admin = mlflow_admin_password(data)
+            env.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin)
+            settings = replace(settings, mlflow_username="admin", mlflow_password=admin)
 
         secret = settings.webhook_secret or persistent(
             data / "webhook-secret", lambda: secrets.token_hex(32)
@@ -158,10 +164,21 @@ def up(settings: Settings, options: Options, echo: Callable[[str], None]) -> int
         sup.start("flower", flower_url, argv, flower_env)
         _wait("Flower", lambda: http_ok(f"{flower_url}/healthcheck", (user, password)), sup)
 
+        console_secret = settings.console_secret or persistent(
+            data / "console-secret", lambda: secrets.token_urlsafe(32)
+        )
+        port = free_port(options.console_port)
+        console_url = f"http://127.0.0.1:{port}"
+        sup.start("console", console_url, [*gate, "console", "--host", "127.0.0.1", "--port",
+                                           str(port), "--workers", "1"],
+                  {**gate_env, "GATE_CONSOLE_SECRET": console_secret, "GATE_URL": receiver_url,
+                   "GATE_CONSOLE_URL": console_url})  # fmt: skip
+        _wait("the console", lambda: http_ok(f"{console_url}/healthz"), sup)
+
         from cli.webhooks import register
 
         echo(register(live, url=f"{receiver_url}/webhooks/mlflow", name="mlflow-gate"))
-        _print_summary(sup, live, data, (user, password), echo)
+        _print_summary(sup, live, data, (user, password), echo, own_mlflow=not options.mlflow_uri)
         if options.demo:
             from cli.demo import demo
 
@@ -205,8 +222,30 @@ def _mlflow(sup: Supervisor, options: Options, env: dict[str, str]) -> str:
         sup.attach("mlflow", options.mlflow_uri.rstrip("/"))
         return options.mlflow_uri.rstrip("/")
     port = free_port(options.mlflow_port)
+    # MLflow's own accounts: people sign in to the console with them, and reviewers are named
+    # by them. The PBKDF2 check of a password is cached for a minute (the gate makes a dozen
+    # calls per decision).
+    config = sup.data_dir / "mlflow-auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{sup.data_dir / 'mlflow-auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    auth_env = {
+        **env,
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": mlflow_admin_password(sup.data_dir),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": persistent(
+            sup.data_dir / "mlflow-flask-secret", lambda: secrets.token_hex(32)
+        ),
+    }
     # A webhook list cached for 2 s: the demo waits that long after registering the webhook.
-    argv, mlflow_env = mlflow_server_command(sup.data_dir, port, cache_ttl=2, env=env)
+    argv, mlflow_env = mlflow_server_command(
+        sup.data_dir, port, cache_ttl=2, env=auth_env, app_name="basic-auth"
+    )
     url = f"http://127.0.0.1:{port}"
     sup.start("mlflow", url, argv, mlflow_env)
     return url
@@ -224,6 +263,8 @@ def _print_summary(
     data: Path,
     flower_auth: tuple[str, str],
     echo: Callable[[str], None],
+    *,
+    own_mlflow: bool,
 ) -> None:
     echo("")
     echo("mlflow-gate is up:")
@@ -231,6 +272,10 @@ def _print_summary(
         pid = f"pid {s.process.pid}" if s.process is not None else "already running"
         echo(f"  {s.name:9} {redacted(s.url)}  ({pid})")
     echo(f"  Flower login: {flower_auth[0]} / {flower_auth[1]}")
+    if own_mlflow:
+        echo(f"  MLflow and console login: admin / {settings.mlflow_password}")
+    else:
+        echo("  console login: your account on that MLflow (or the single-sign-on proxy)")
     echo(f"  data and logs: {data}")
     echo("")
     echo("Next:")
@@ -242,7 +287,14 @@ def _print_summary(
     echo("  set the tag governance.request=champion on a model version, then read its")
     echo("  governance.status and governance.reason tags in the MLflow UI")
     echo("  mlflow-gate status        # queue, workers, dead letters, last decisions")
+    echo("  open the console's URL above: decisions, models, reviews, dead letters, policy")
     echo("")
+
+
+def mlflow_admin_password(data: Path) -> str:
+    """The password of the `admin` of the MLflow that `up` runs (made once, kept in the data
+    folder: MLflow sets it when its user database is created)."""
+    return persistent(data / "mlflow-admin-password", lambda: secrets.token_urlsafe(18))
 
 
 def ledger_url(data: Path, env: Mapping[str, str]) -> str:
@@ -261,6 +313,7 @@ def click_options(func: Callable[..., object]) -> Callable[..., object]:
         click.option("--receiver-port", default=8080, show_default=True, type=int),
         click.option("--flower-port", default=5555, show_default=True, type=int),
         click.option("--redis-port", default=6379, show_default=True, type=int),
+        click.option("--console-port", default=8090, show_default=True, type=int),
     ]):  # fmt: skip
         func = option(func)
     return func

@@ -44,10 +44,10 @@ def test_up_starts_everything_runs_the_demo_and_stops_cleanly(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATE_", "MLFLOW_"))}
     env["GATE_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     env["GATE_WORKER_METRICS_PORT"] = str(free_port())
-    ports = [str(free_port()) for _ in range(4)]
+    ports = [str(free_port()) for _ in range(5)]
     argv = [*gate_command(), "up", "--demo", "--data-dir", str(tmp_path / "data"),
             "--mlflow-port", ports[0], "--receiver-port", ports[1], "--flower-port", ports[2],
-            "--redis-port", ports[3]]  # fmt: skip
+            "--redis-port", ports[3], "--console-port", ports[4]]  # fmt: skip
     out_path = tmp_path / "up.out"
     with out_path.open("wb") as out:
         up = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -61,7 +61,8 @@ def test_up_starts_everything_runs_the_demo_and_stops_cleanly(tmp_path: Path) ->
         text = out_path.read_text()
         # Then every service is listed with its URL, and the demo's outcomes with reasons
         assert up.poll() is None, text
-        for name, port in (("mlflow", ports[0]), ("receiver", ports[1]), ("flower", ports[2])):
+        for name, port in (("mlflow", ports[0]), ("receiver", ports[1]), ("flower", ports[2]),
+                           ("console", ports[4])):  # fmt: skip
             assert re.search(rf"{name}\s+http://127.0.0.1:{port}", text), text
         assert "APPROVED" in text and "REJECTED" in text
         assert "validation_accuracy is 0.72, below the minimum 0.9" in text
@@ -69,13 +70,27 @@ def test_up_starts_everything_runs_the_demo_and_stops_cleanly(tmp_path: Path) ->
         assert requests.get(flower, timeout=5).status_code == 401
         user, password = re.search(r"Flower login: (\S+) / (\S+)", text).groups()  # type: ignore[union-attr]
         assert requests.get(f"{flower}/healthcheck", auth=(user, password), timeout=5).ok
+        # MLflow runs with accounts; its admin's login signs in to the console too.
+        admin = re.search(r"MLflow and console login: admin / (\S+)", text).group(1)  # type: ignore[union-attr]
+        mlflow = f"http://127.0.0.1:{ports[0]}"
+        assert requests.get(f"{mlflow}/api/2.0/mlflow/users/current", timeout=5).status_code == 401
+        console = requests.Session()
+        signin = console.get(f"http://127.0.0.1:{ports[4]}/decisions", timeout=10)
+        assert signin.url.endswith("/signin?next=/decisions"), signin.url
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', signin.text).group(1)  # type: ignore[union-attr]
+        page = console.post(
+            f"http://127.0.0.1:{ports[4]}/signin",
+            data={"username": "admin", "password": admin, "csrf_token": csrf},
+            timeout=10,
+        )
+        assert page.ok and "Signed in as" in page.text and "demo" in page.text, page.text[-2000:]
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
-        assert len(pids) == 5
+        assert len(pids) == 6
         # And no process it started has the Flower password on its command line (`ps` shows it
         # to every user of the machine)
         for pid in pids:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            assert password not in argv, argv
+            assert password not in argv and admin not in argv, argv
         # When it gets Ctrl-C
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
@@ -143,7 +158,7 @@ def test_docker_compose_file_is_valid_and_complete() -> None:
         "docker-compose (Debian's package) validates the file: apt-get install docker-compose"
     )
     env = {**os.environ, "GATE_WEBHOOK_SECRET": "s", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "k",
-           "GATE_FLOWER_PASSWORD": "p"}  # fmt: skip
+           "GATE_FLOWER_PASSWORD": "p", "GATE_CONSOLE_SECRET": "c" * 32}  # fmt: skip
     result = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -154,9 +169,9 @@ def test_docker_compose_file_is_valid_and_complete() -> None:
     named = set(re.findall(r"^\| `([\w-]+)` \|", section, flags=re.MULTILINE))
     assert len(named) >= 8 and named <= services.keys(), named - services.keys()
     for name in ("postgres", "mlflow", "redis", "receiver", "worker", "beat", "flower",
-                 "register-webhook"):  # fmt: skip
+                 "register-webhook", "console"):  # fmt: skip
         assert name in services
-    for name in ("postgres", "mlflow", "redis", "receiver", "worker", "beat", "flower"):
+    for name in ("postgres", "mlflow", "redis", "receiver", "worker", "beat", "flower", "console"):
         assert "healthcheck" in services[name], name
     redis_cmd = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
@@ -171,4 +186,8 @@ def test_docker_compose_file_is_valid_and_complete() -> None:
     assert "--beat" in services["beat"]["command"]
     flower = services["flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == "admin:p"
+    console = services["console"]
+    assert console["environment"]["GATE_CONSOLE_SECRET"] == "c" * 32
+    assert console["environment"]["GATE_DATABASE_URL"].startswith("postgresql")
+    assert "console" in console["command"]
     assert not any("basic-auth" in part or ":p" in part for part in flower["command"])
