@@ -510,5 +510,26 @@ def policy_check(file: str) -> None:
         click.echo(f"  notify (every policy): {', '.join(s.key for s in policies.notify)}")
 
 
+@policy.command("test")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--last",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="how many decisions to decide again, newest first",
+)
+@click.option("--model", help="only models matching this glob (fraud-*), or this name")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors
+def policy_test(file: str, last: int, model: str | None, as_json: bool) -> None:
+    """What FILE would have decided for the ledger's last N decisions, on the facts they
+    recorded. Exit 0 none would flip, 1 some would, 2 invalid file or no ledger."""
+    from cli.policytest import try_policy
+
+    settings = load_settings()
+    sys.exit(try_policy(settings, file, last=last, model=model, as_json=as_json, echo=click.echo))
+
+
 if __name__ == "__main__":
     main()
