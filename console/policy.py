@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
+from cli.policytest import collect
 from console.services import services
 from shared.errors import ConfigError
 from shared.policy import PolicySet, parse_policies
-from shared.whatif import WhatIf, recent, what_if
+from shared.whatif import EVALUATED, WhatIf
 
 blueprint = Blueprint("policy", __name__)
 
@@ -50,8 +51,11 @@ def try_policy() -> tuple[str, int]:
         policies = parse_policies(proposed, source="the proposed policy")
     except ConfigError as exc:
         return refused(f"The proposed policy is not valid: {exc}")
-    result = what_if(recent(services().ledger(), last), policies)
-    return _answer(proposed, last, result, None, 200)
+    trials = collect(services().ledger(), policies, last=last, model=None)
+    # Shown: the decisions decided again, and those of a kind that could have been but were not
+    # (with why); skips, rollbacks and the like are not policy decisions.
+    shown = tuple(t for t in trials if t.evaluated or t.was in EVALUATED)
+    return _answer(proposed, last, WhatIf(shown, "the proposed policy"), None, 200)
 
 
 def _active() -> tuple[str, PolicySet | None, str | None]:
