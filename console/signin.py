@@ -16,7 +16,6 @@ import hmac
 import logging
 import secrets
 from datetime import timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import (
@@ -98,20 +97,15 @@ def _proxy_identity() -> Identity | None:
     if not header or not named:
         return None
     try:
-        found = gate.identities.of_request({header: named}, request.remote_addr)
+        return gate.identities.of_request({header: named}, request.remote_addr)
     except NotSignedIn:
         return None  # from an untrusted peer: the header means nothing
-    session.permanent = True
-    session["user"], session["via"] = found.name, found.via
-    return found
 
 
 def _session_identity() -> Identity | None:
     name, via = session.get("user"), session.get("via")
     if not isinstance(name, str) or not name or not isinstance(via, str):
         return None
-    if via == "proxy":
-        return None  # a proxy's sign-in lasts as long as the proxy sends the header
     return Identity(name, bool(session.get("is_admin")), via)
 
 
@@ -191,15 +185,9 @@ def headers(response: Response) -> Response:
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault(
         "Content-Security-Policy",
-        "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' "
-        "'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'; "
+        "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     )
     if request.endpoint not in PUBLIC:
         response.headers.setdefault("Cache-Control", "no-store")
     return response
-
-
-def signed_in_as() -> dict[str, Any]:
-    """For the page header."""
-    found = getattr(g, "person", None)
-    return {"me": found}

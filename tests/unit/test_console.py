@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +441,48 @@ def test_a_dead_letter_in_full(console: Console) -> None:
         and "&#34;fraud&#34;" in page.text
     )
     assert console.client("alice").get("/dead-letters/nope").status_code == 404
+
+
+# --- policy and what if ----------------------------------------------------------------------
+
+
+def test_what_if_marks_the_decisions_a_stricter_policy_flips(console: Console) -> None:
+    passed = console.decide("fraud", 0.93)
+    console.decide("fraud", 0.80)  # rejected either way
+    alice = console.client("alice")
+    page = alice.get("/policy").text
+    assert "production-quality" in page and "min: 0.90" in page
+    stricter = POLICY.replace("min: 0.90\n  - name: reviewed", "min: 0.95\n  - name: reviewed")
+    result = alice.post(
+        "/policy/what-if", data={"policy": stricter, "last": "10", "csrf_token": token(page)}
+    )
+    assert result.status_code == 200
+    assert "1 of 2 decisions would flip" in result.text
+    (flip,) = re.findall(r'<tr class="flip">(.*?)</tr>', result.text, flags=re.DOTALL)
+    assert "FLIPS" in flip and f">{passed}</td>" in flip and "0.93, below the minimum 0.95" in flip
+    # Uploaded as a file, the same.
+    uploaded = alice.post(
+        "/policy/what-if",
+        data={"file": (BytesIO(stricter.encode()), "stricter.yaml"), "last": "10",
+              "csrf_token": token(page)},
+        content_type="multipart/form-data",
+    )  # fmt: skip
+    assert "1 of 2 decisions would flip" in uploaded.text
+    # The active policy is untouched: nothing flips under it.
+    same = alice.post("/policy/what-if", data={"policy": POLICY, "csrf_token": token(page)})
+    assert "0 of 2 decisions would flip" in same.text
+
+
+def test_what_if_says_what_is_wrong_with_a_bad_policy(console: Console) -> None:
+    alice = console.client("alice")
+    page = alice.get("/policy").text
+    bad = alice.post(
+        "/policy/what-if", data={"policy": "policies: [{name: x}]", "csrf_token": token(page)}
+    )
+    assert bad.status_code == 400 and "The proposed policy is not valid" in bad.text
+    empty = alice.post("/policy/what-if", data={"policy": " ", "csrf_token": token(page)})
+    assert empty.status_code == 400 and "Paste a policy" in empty.text
+    many = alice.post(
+        "/policy/what-if", data={"policy": POLICY, "last": "5000", "csrf_token": token(page)}
+    )
+    assert many.status_code == 400 and "1 to 1000" in many.text
