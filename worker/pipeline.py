@@ -109,6 +109,7 @@ class Pipeline:
     def handle(self, event: GateEvent, keep: Keep = _unguarded) -> str:
         """Reconcile the event's subject; returns what was done, for the log."""
         turn = _Turn(self.registries.get(event.registry), event, keep)
+        turn.registry.forget()  # what this event's decision skips writing rests on its own reads
         earlier = [  # a decision that failed for good is decided again (a replay, once fixed)
             d
             for d in self.ledger.for_event(event.event_id)
@@ -508,6 +509,7 @@ class Pipeline:
         latter None when the gate approved no other version that still exists (nothing
         changed then)."""
         registry = self.registries.get(kind)
+        registry.forget()
         current = registry.holder(model, target)
         previous = self._previously_approved(registry, model, target, current)
         if previous is None:
