@@ -109,6 +109,7 @@ class Pipeline:
     def handle(self, event: GateEvent, keep: Keep = _unguarded) -> str:
         """Reconcile the event's subject; returns what was done, for the log."""
         turn = _Turn(self.registries.get(event.registry), event, keep)
+        turn.registry.forget()  # what this event's decision skips writing rests on its own reads
         earlier = [  # a decision that failed for good is decided again (a replay, once fixed)
             d
             for d in self.ledger.for_event(event.event_id)
@@ -390,6 +391,14 @@ class Pipeline:
             return self._finish(turn, pending, None)
         if registry.moves_outside_are_violations:
             return self._violation(turn, target, policies)
+        if self._set_as_approved(turn, target):
+            # The event itself says so, and nothing is left to finish: no registry call. The
+            # alias moved again since is another move, with its own event (and the sweep, for
+            # a lost one), which is guarded on the state it finds.
+            return (
+                f"{target.kind} {target} of {model} was set on v{event.version}, which the gate "
+                "approved: nothing to guard"
+            )
         subject = self._subject(turn, target)
         if subject is None:
             return f"{target.kind} {target} of {model} is not held: nothing to guard"
@@ -422,6 +431,17 @@ class Pipeline:
         notices = ["guard.reverted"] if plan else []
         rec = self._record(turn, subject, decision, outcome, reason, facts, plan, notices=notices)
         return self._act(turn, rec, None)
+
+    def _set_as_approved(self, turn: _Turn, target: Target) -> bool:
+        """Whether the event is an alias set on the version the gate approved for it (the
+        gate's own approval, or its putting an alias back, coming back as a webhook)."""
+        event = turn.event
+        return (
+            event.kind is Kind.ALIAS_CREATED
+            and not target.is_stage
+            and event.version is not None
+            and self._approved(turn.registry.kind, event.model, target, event.version)
+        )
 
     def _subject(self, turn: _Turn, target: Target) -> str | None:
         """The version to guard: the alias's holder; in a stage, the event's version if it is
@@ -508,6 +528,7 @@ class Pipeline:
         latter None when the gate approved no other version that still exists (nothing
         changed then)."""
         registry = self.registries.get(kind)
+        registry.forget()
         current = registry.holder(model, target)
         previous = self._previously_approved(registry, model, target, current)
         if previous is None:

@@ -51,6 +51,12 @@ class Registry(Protocol):
 
     def healthy(self) -> bool: ...
 
+    def forget(self) -> None:
+        """A new event is handled: forget what was read for earlier ones. A write the registry
+        skips because it would change nothing must rest on what this event's decision read,
+        never on an earlier read (another worker, or a person, may have written since)."""
+        ...
+
     # -- facts -----------------------------------------------------------------------------
     def version(self, model: str, version: str) -> VersionFacts:
         """The version with its run's metrics and tags (a run that cannot be read is a problem

@@ -6,11 +6,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 import requests
 from conftest import Stack, signed_headers
 from harness import wait_until
+
+from shared.evaluation import Decision
+from shared.policy import Target
+from shared.settings import Settings
+from worker.registries import mlflow
+from worker.registry import Request
+from worker.rest import RestClient
 
 pytestmark = pytest.mark.integration
 
@@ -244,3 +252,37 @@ def test_a_version_created_with_a_request_tag_is_decided(stack: Stack) -> None:
     # Then its model_version.created webhook is enough for a decision
     assert stack.wait_for_decision(model, mv.version)["governance.status"] == "approved"
     assert stack.alias_version(model, "champion") == mv.version
+
+
+class _CountingRest(RestClient):
+    """The gate's REST client, logging each call's method and path."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(mlflow.service(Settings(mlflow_tracking_uri=uri)))
+        self.log: list[tuple[str, str]] = []
+
+    def call(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.log.append((str(args[0]), str(args[1])))
+        return super().call(*args, **kwargs)
+
+
+def test_mlflow_lists_a_versions_aliases_so_an_alias_already_there_is_not_set_again(
+    stack: Stack,
+) -> None:
+    # Given a version holding an alias (one no policy governs: the gate leaves it alone)
+    model = stack.new_model()
+    mv = stack.new_version(model, {"validation_accuracy": 0.95})
+    stack.client.set_registered_model_alias(model, "scratch", mv.version)
+    rest = _CountingRest(stack.mlflow_uri)
+    registry = mlflow.MlflowRegistry(rest)
+    registry.forget()
+    candidate = registry.version(model, mv.version)  # the decision's own read
+    decision = Decision.without_checks(Target("scratch", is_stage=False), (), "test")
+    # When it is approved for that alias, and for one it does not hold
+    rest.log.clear()
+    registry.approve(Request(candidate, Target("scratch", is_stage=False), None), decision, False)
+    assert rest.log == []  # MLflow's version read showed the alias on it: nothing to set
+    registry.approve(Request(candidate, Target("other", is_stage=False), None), decision, False)
+    # Then only the alias it did not hold is set
+    assert rest.log == [("POST", "/api/2.0/mlflow/registered-models/alias")]
+    assert stack.alias_version(model, "other") == mv.version

@@ -94,6 +94,9 @@ class DatabricksRegistry:
     def healthy(self) -> bool:
         return self.rest.answers("GET", WEBHOOKS_LIST, {"max_results": "1"})
 
+    def forget(self) -> None:
+        """Nothing kept between events."""
+
     # -- facts -----------------------------------------------------------------------------
     def version(self, model: str, version: str) -> VersionFacts:
         return self.api.version_facts(self.api.model_version(model, version))

@@ -66,17 +66,23 @@ class MlflowRegistry:
     def __init__(self, rest: RestClient) -> None:
         self.rest = rest
         self.api = Endpoints(rest)
-        # The tags last read (or written) on versions and registered models, so that a decision
-        # writes only the governance tags whose value changes, without reading them again.
+        # What this event's decision read (or wrote) of versions' and registered models' tags
+        # and of aliases, so that it writes only what changes, without reading it again.
         self._known = KnownTags()
 
     def healthy(self) -> bool:
         return self.rest.answers("GET", "/health")
 
+    def forget(self) -> None:
+        self._known.clear()
+
     # -- facts -----------------------------------------------------------------------------
     def version(self, model: str, version: str) -> VersionFacts:
-        facts = self.api.version_facts(self.api.model_version(model, version))
+        mv = self.api.model_version(model, version)
+        facts = self.api.version_facts(mv)
         self._known.read((model, version), facts.tags)
+        for alias in _strings(mv.get("aliases")):  # MLflow lists the aliases on the version
+            self._known.holds(model, alias, facts.version)
         return facts
 
     def holder(self, model: str, target: Target) -> str | None:
@@ -84,7 +90,9 @@ class MlflowRegistry:
             return self.api.newest_in_stage(model, target.name)
         rm = self.api.registered_model(model)
         self._known.read((model, None), tag_map(rm))
-        return _alias_holder(rm, target.name)
+        for alias, version in _aliases(rm).items():
+            self._known.holds(model, alias, version)
+        return _aliases(rm).get(target.name)
 
     def request(self, model: str, version: str, target: Target | None) -> Request | None:
         candidate = self.version(model, version)
@@ -117,7 +125,12 @@ class MlflowRegistry:
     def approve(self, request: Request, decision: Decision, archive: bool) -> str:
         model, version, target = request.candidate.model, request.candidate.version, request.target
         if not target.is_stage:
-            self.api.set_alias(model, target.name, version)
+            # Already there as this decision read it (asked again): setting it again would
+            # change nothing and come back as a webhook. Moved by someone since the read, the
+            # move's own webhook is guarded, as a move just after this set would be.
+            if not self._known.held(model, target.name, version):
+                self.api.set_alias(model, target.name, version)
+                self._known.holds(model, target.name, version)
             return f"Alias '{target.name}' now points to version {version}."
         if request.candidate.stage == target.name:
             return f"Version {version} was already in stage {target.name}."
@@ -133,6 +146,7 @@ class MlflowRegistry:
             self.api.transition_stage(model, version, target.name, archive)
         else:
             self.api.set_alias(model, target.name, version)
+            self._known.holds(model, target.name, version)
 
     def take_off(
         self, model: str, target: Target, version: str, *, back_to: str | None, note: str
@@ -143,6 +157,7 @@ class MlflowRegistry:
             return f"version {version} was moved back to stage {stage}"
         with contextlib.suppress(MlflowNotFound):  # removed meanwhile: the outcome we want
             self.api.delete_alias(model, target.name)
+        self._known.holds(model, target.name, None)
         return "the alias was removed"
 
     def show(self, model: str, version: str, tags_to_write: Mapping[str, str]) -> None:
@@ -191,14 +206,28 @@ class MlflowRegistry:
 
 
 class KnownTags:
-    """The tags of the versions (model, version) and registered models (model, None) this
-    process read last, kept for the most recent `size` of them. A decision reads its version
-    (and, for a comparison, its registered model) before it writes, so this is what the
-    registry showed during the decision."""
+    """The tags of the versions (model, version) and registered models (model, None), and the
+    aliases' holders, as this event's decision read them last (or wrote them), kept for the
+    most recent `size` entities. Cleared for each event (`MlflowRegistry.forget`): a decision
+    reads its version (and, for a comparison, its registered model) before it writes, so this is
+    what the registry showed during the decision; an earlier event's read may be stale (another
+    worker process, or a person, may have written since)."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._tags: dict[tuple[str, str | None], dict[str, str]] = {}
+        self._holders: dict[tuple[str, str], str | None] = {}
+
+    def clear(self) -> None:
+        self._tags.clear()
+        self._holders.clear()
+
+    def holds(self, model: str, alias: str, version: str | None) -> None:
+        """`alias` of `model` was seen on `version` (None: seen removed)."""
+        self._holders[(model, alias)] = version
+
+    def held(self, model: str, alias: str, version: str) -> bool:
+        return self._holders.get((model, alias), None) == version
 
     def read(self, entity: tuple[str, str | None], found: Mapping[str, str]) -> None:
         self._tags.pop(entity, None)
@@ -216,9 +245,15 @@ class KnownTags:
             known[key] = value
 
 
-def _alias_holder(rm: Mapping[str, object], alias: str) -> str | None:
+def _aliases(rm: Mapping[str, object]) -> dict[str, str]:
+    """A registered model's aliases and the version each points to."""
     aliases = rm.get("aliases")
-    for entry in aliases if isinstance(aliases, list) else []:
-        if isinstance(entry, dict) and entry.get("alias") == alias:
-            return str(entry["version"])
-    return None
+    return {
+        str(entry["alias"]): str(entry["version"])
+        for entry in (aliases if isinstance(aliases, list) else [])
+        if isinstance(entry, dict) and "alias" in entry and "version" in entry
+    }
+
+
+def _strings(items: object) -> list[str]:
+    return [str(item) for item in items] if isinstance(items, list) else []
