@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Flask
-from gunicorn.app.base import BaseApplication
-
 from console.app import create_app
 from shared.settings import Settings
-
-
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self.settings = settings
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        return create_app(self.settings)  # in each worker, after the fork
+from shared.webserver import run
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> None:
@@ -37,4 +19,4 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
         "accesslog": "-",
         "loglevel": settings.log_level.lower(),
     }
-    _Gunicorn(settings, options).run()
+    run(lambda: create_app(settings), options)

@@ -14,10 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from conftest import Stack
 from playwright.sync_api import Browser, Page, sync_playwright
-from test_review import ADMIN_PASSWORD, PASSWORD, as_person, new_version, wait_status
+from test_review import (
+    PASSWORD,
+    add_people,
+    as_person,
+    basic_auth_stack,
+    new_version,
+    wait_status,
+)
 
 from cli.devstack import free_port, http_ok, wait_until
 from shared.deadletter import DeadLetterStore
@@ -59,35 +65,8 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]
     """The stack and the console's URL."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium", pytrace=False)
-    workdir = tmp_path_factory.mktemp("console-stack")
-    (workdir / "mlflow").mkdir()
-    config = workdir / "mlflow" / "basic_auth.ini"
-    config.write_text(
-        "[mlflow]\n"
-        "default_permission = READ\n"
-        f"database_uri = sqlite:///{workdir / 'mlflow' / 'auth.db'}\n"
-        "admin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "auth_cache_ttl_seconds = 60\n"
-    )
-    admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
-    saved = {key: os.environ.get(key) for key in admin}
-    os.environ.update(admin)
-    stack = Stack(
-        workdir,
-        policy=POLICY,
-        mlflow_app="basic-auth",
-        mlflow_env={
-            "MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-secret-key-for-the-tests",
-        },
-        env={**admin, "GATE_URL": "", "GATE_MODEL_LOCK_SECONDS": "20"},
-    )
-    try:
-        stack.up()
-        stack.env["GATE_URL"] = stack.receiver_url
-        _people(stack)
+    with basic_auth_stack(tmp_path_factory.mktemp("console-stack"), POLICY, {}) as stack:
+        add_people(stack, PEOPLE, "gate-operators", ["olga"])
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         console_env = {
@@ -103,40 +82,6 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]
         )
         proc.wait_ready(lambda: http_ok(f"{url}/healthz"), 30, "the console")
         yield stack, url
-    finally:
-        stack.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _people(stack: Stack) -> None:
-    admin = ("admin", ADMIN_PASSWORD)
-    base = stack.mlflow_uri
-    for name in PEOPLE:
-        made = requests.post(
-            f"{base}/api/2.0/mlflow/users/create",
-            json={"username": name, "password": PASSWORD},
-            auth=admin,
-            timeout=10,
-        )
-        assert made.status_code == 200, made.text
-    role = requests.post(
-        f"{base}/api/3.0/mlflow/roles/create",
-        json={"name": "gate-operators", "workspace": "default"},
-        auth=admin,
-        timeout=10,
-    )
-    assert role.status_code == 200, role.text
-    assigned = requests.post(
-        f"{base}/api/3.0/mlflow/roles/assign",
-        json={"username": "olga", "role_id": role.json()["role"]["id"]},
-        auth=admin,
-        timeout=10,
-    )
-    assert assigned.status_code == 200, assigned.text
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ run with one person's MLflow credentials."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,10 @@ notify:
 """
 
 
-@pytest.fixture(scope="module")
-def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("review-stack")
+@contextlib.contextmanager
+def basic_auth_stack(workdir: Path, policy: str, env: dict[str, str]) -> Iterator[Stack]:
+    """The stack with `mlflow server --app-name basic-auth`, the gate's account (and the test's
+    MlflowClient) its admin, GATE_URL at the receiver."""
     (workdir / "mlflow").mkdir()
     config = workdir / "mlflow" / "basic_auth.ini"
     config.write_text(
@@ -74,32 +76,23 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
     saved = {key: os.environ.get(key) for key in admin}
     os.environ.update(admin)  # the test's MlflowClient is the admin too
-    SINK.start()
     stack = Stack(
         workdir,
-        policy=POLICY.replace("{hook}", SINK.url()),
+        policy=policy,
         mlflow_app="basic-auth",
         mlflow_env={
             "MLFLOW_AUTH_CONFIG_PATH": str(config),
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-secret-key-for-the-tests",
         },
-        env={
-            **admin,
-            "GATE_URL": "",
-            "REVIEW_HOOK_SECRET": HOOK_SECRET,
-            "GATE_MODEL_LOCK_SECONDS": "20",
-        },
+        env={**admin, "GATE_URL": "", "GATE_MODEL_LOCK_SECONDS": "20", **env},
     )
     try:
         stack.up()
         stack.env["GATE_URL"] = stack.receiver_url
-        stack.start_worker("beat", beat=True)  # the sweep: reviews due, expiry
-        _people(stack)
         yield stack
     finally:
         stack.close()
-        SINK.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -107,32 +100,38 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 os.environ[key] = value
 
 
-def _people(stack: Stack) -> None:
+def add_people(stack: Stack, names: Sequence[str], role: str, members: Sequence[str]) -> None:
+    """MLflow users `names` (password PASSWORD), and `role` with `members` assigned."""
     admin = ("admin", ADMIN_PASSWORD)
     base = stack.mlflow_uri
-    for name in PEOPLE:
-        made = requests.post(
-            f"{base}/api/2.0/mlflow/users/create",
-            json={"username": name, "password": PASSWORD},
-            auth=admin,
-            timeout=10,
-        )
-        assert made.status_code == 200, made.text
-    role = requests.post(
-        f"{base}/api/3.0/mlflow/roles/create",
-        json={"name": "model-reviewers", "workspace": "default"},
-        auth=admin,
-        timeout=10,
-    )
-    assert role.status_code == 200, role.text
-    role_id = role.json()["role"]["id"]
-    assigned = requests.post(
-        f"{base}/api/3.0/mlflow/roles/assign",
-        json={"username": "carol", "role_id": role_id},
-        auth=admin,
-        timeout=10,
-    )
-    assert assigned.status_code == 200, assigned.text
+
+    def post(path: str, body: dict[str, object]) -> requests.Response:
+        reply = requests.post(f"{base}{path}", json=body, auth=admin, timeout=10)
+        assert reply.status_code == 200, reply.text
+        return reply
+
+    for name in names:
+        post("/api/2.0/mlflow/users/create", {"username": name, "password": PASSWORD})
+    role_id = post("/api/3.0/mlflow/roles/create", {"name": role, "workspace": "default"}).json()
+    for member in members:
+        post("/api/3.0/mlflow/roles/assign",
+             {"username": member, "role_id": role_id["role"]["id"]})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    SINK.start()
+    try:
+        with basic_auth_stack(
+            tmp_path_factory.mktemp("review-stack"),
+            POLICY.replace("{hook}", SINK.url()),
+            {"REVIEW_HOOK_SECRET": HOOK_SECRET},
+        ) as stack:
+            stack.start_worker("beat", beat=True)  # the sweep: reviews due, expiry
+            add_people(stack, PEOPLE, "model-reviewers", ["carol"])
+            yield stack
+    finally:
+        SINK.stop()
 
 
 def as_person(
