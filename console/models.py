@@ -33,7 +33,7 @@ def index() -> str:
 @blueprint.get("/models/<path:model>")
 def show(model: str) -> str:
     book = services().ledger()
-    found = book.decisions(model_glob=_exact(model), limit=MODEL_DECISIONS)
+    found = book.decisions(model=model, limit=MODEL_DECISIONS)
     if not found:
         abort(404, f"The ledger has no decision on a model named {model!r}.")
     timelines = [
@@ -78,8 +78,3 @@ def _held(book: Ledger, tenure: Tenure) -> Held:
         return Held(tenure, ())
     approvals = [v.reviewer for v in book.votes(review_id) if v.verdict is Verdict.APPROVE]
     return Held(tenure, tuple(approvals))
-
-
-def _exact(model: str) -> str:
-    """A glob matching only this name (the ledger's filter takes globs)."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in model)

@@ -9,8 +9,8 @@ from werkzeug.wrappers import Response
 from console.services import services
 from console.signin import person
 from shared.ledger import Verdict
-from shared.policy import Target
 from shared.voting import Refused, cast, comment_of, reviews_for
+from worker.decisions import target_of
 
 blueprint = Blueprint("reviews", __name__)
 
@@ -32,8 +32,7 @@ def vote(decision_id: int) -> Response:
     verdict_text = request.form.get("verdict", "")
     if verdict_text not in ("approve", "reject"):
         abort(400, "Choose Approve or Reject.")
-    subject = (pending.registry, pending.model, pending.version, Target(
-        pending.target, is_stage=pending.target_kind.value == "stage"))  # fmt: skip
+    subject = (pending.registry, pending.model, pending.version, target_of(pending))
     try:
         done = cast(
             person(),

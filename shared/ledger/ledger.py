@@ -249,14 +249,18 @@ class Ledger:
         until: datetime | None = None,
         offset: int = 0,
         outcomes: Sequence[Outcome] | None = None,
+        model: str | None = None,
     ) -> list[RecordedDecision]:
-        """Decisions newest first: on models matching `model_glob` (fnmatch, case-sensitive),
-        for `target`, with `outcome` (or any of `outcomes`), decided at or after `since` and
-        before `until`; the first `offset` of them skipped (paging), then at most `limit`."""
+        """Decisions newest first: on the model named `model`, on models matching `model_glob`
+        (fnmatch, case-sensitive), for `target`, with `outcome` (or any of `outcomes`), decided
+        at or after `since` and before `until`; the first `offset` of them skipped (paging),
+        then at most `limit`."""
         if limit <= 0:
             return []
         offset = max(offset, 0)
         query = sa.select(decisions).order_by(decisions.c.decided_at.desc(), decisions.c.id.desc())
+        if model is not None:
+            query = query.where(decisions.c.model == model)
         if target is not None:
             query = query.where(decisions.c.target == target)
         if outcome is not None:

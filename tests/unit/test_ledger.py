@@ -245,6 +245,8 @@ def test_pages_until_and_several_outcomes(ledger: Ledger) -> None:
     assert versions(outcomes=[Outcome.REJECTED, Outcome.APPROVED], limit=2) == ["9", "6"]
     # A glob pages over the names it matches only.
     assert versions(model_glob="fraud-*", limit=2, offset=1) == ["5", "4"]
+    assert versions(model="churn") == ["9"]
+    assert versions(model="fraud-*") == []  # a name, not a glob
     assert ledger.models() == ["churn", "fraud-detector"]
     assert ledger.targets("churn") == [(MLFLOW, "champion")]
 
