@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -68,7 +68,9 @@ class GateEvent:
     from_stage: str | None = None  # the stage a transitioned version came from, if known
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Every field is flat (strings, numbers, enums): no need for asdict's deep copy, which
+        # was a tenth of the receiver's own time per webhook.
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["kind"] = self.kind.value
         data["registry"] = self.registry.value
         data["origin"] = self.origin.value
@@ -98,6 +100,9 @@ class GateEvent:
             )
         except (ValueError, TypeError) as exc:
             raise EventError(f"malformed event {data.get('event_id')!r}: {exc}") from None
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(GateEvent))
 
 
 def _registry_and_origin(data: dict[str, Any]) -> tuple[RegistryKind, Origin]:

@@ -22,10 +22,22 @@ _event: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
 EVENT_FIELDS = ("event_id", "registry", "origin", "model", "version", "target")
 
 
+# WSGI environ keys under which a request's handler leaves what its access line should say
+# (shared/webserver.py writes that line): a note such as "accepted: model_version_tag.set queued",
+# and the event's fields, so that one line per webhook says who sent what, the answer and why.
+ACCESS_NOTE = "mlflow_gate.access_note"
+ACCESS_EVENT = "mlflow_gate.access_event"
+
+
+def event_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """The fields every line about this event carries (EVENT_FIELDS that are set)."""
+    return {k: event[k] for k in EVENT_FIELDS if event.get(k) is not None}
+
+
 @contextlib.contextmanager
 def event_context(event: dict[str, Any]) -> Iterator[None]:
     """Attach the event's fields to every log line written inside the block."""
-    token = _event.set({k: event[k] for k in EVENT_FIELDS if event.get(k) is not None})
+    token = _event.set(event_fields(event))
     try:
         yield
     finally:
@@ -34,7 +46,8 @@ def event_context(event: dict[str, Any]) -> Iterator[None]:
 
 class _EventFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.gate_event = _event.get() or {}
+        if not getattr(record, "gate_event", None):  # else given with the record (`extra`)
+            record.gate_event = _event.get() or {}
         return True
 
 

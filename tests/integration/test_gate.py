@@ -186,6 +186,25 @@ def test_the_same_delivery_twice_gives_one_decision(stack: Stack) -> None:
     stack.idle()
     ids = [d["event_id"] for d in stack.decisions(model, mv.version)]
     assert ids.count(delivery) == 1
+    # And the receiver's log has one access line per copy, each with the answer and why, and
+    # the event's fields (found by its id, like the worker's lines about it)
+    lines = [
+        json.loads(line)
+        for line in stack.processes["receiver"].log_tail(200_000).splitlines()
+        if line.startswith("{") and delivery in line
+    ]
+    access = [line for line in lines if line["logger"] == "mlflow_gate.access"]
+    assert [line["message"].split('"POST /webhooks/mlflow" ')[1][:3] for line in access] == [
+        "202",
+        "200",
+    ]
+    assert "'accepted: model_version_tag.set queued'" in access[0]["message"]
+    assert "'duplicate: this delivery was already accepted'" in access[1]["message"]
+    assert all(
+        (line["event_id"], line["model"], line["version"], line["target"])
+        == (delivery, model, mv.version, "champion")
+        for line in access
+    )
 
 
 def test_a_forged_webhook_is_refused(stack: Stack) -> None:
@@ -196,6 +215,16 @@ def test_a_forged_webhook_is_refused(stack: Stack) -> None:
         f"{stack.receiver_url}/webhooks/mlflow", data=body, headers=headers, timeout=5
     )
     assert response.status_code == 401
+    # And the access line says why, for the operator
+    wait_until(
+        lambda: (
+            "401" in stack.processes["receiver"].log_tail(20_000)
+            and "unauthorized: X-MLflow-Signature does not match"
+            in stack.processes["receiver"].log_tail(20_000)
+        ),
+        10,
+        what="the refusal's access line",
+    )
 
 
 def test_webhook_register_updates_the_existing_webhook(stack: Stack) -> None:
