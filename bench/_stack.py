@@ -259,6 +259,7 @@ class Stack:
         self.processes: dict[str, ManagedProcess] = {}
         self.redis_url = ""
         self.mlflow_uri = ""
+        self.mlflow_store_uri = ""
         self.mlflow_port = free_port()
         self.receiver_url = ""
         self._starts = 0
@@ -316,6 +317,9 @@ class Stack:
                 self.workdir / "mlflow", self.mlflow_port, backend_uri, workers
             )
         self.env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        # MLflow's database (cli.devstack puts SQLite's in its work directory): StoreWatch
+        sqlite = f"sqlite:///{(self.workdir / 'mlflow').resolve() / 'mlflow.db'}"
+        self.mlflow_store_uri = backend_uri or sqlite
         return self.mlflow_uri
 
     def start_receiver(self, *, workers: int = 2, threads: int = 4) -> str:
@@ -365,6 +369,16 @@ class Stack:
     def register_webhook(self) -> None:
         self.gate("webhook", "register", "--url", f"{self.receiver_url}/webhooks/mlflow")
         time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL=1 (harness): the server sees the new webhook
+
+    def webhooks_active(self, active: bool) -> None:
+        """Turn this MLflow's webhooks on or off (status ACTIVE or DISABLED): a baseline run
+        between gate runs must not send the gate its writes."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
+        for hook in client.list_webhooks():
+            client.update_webhook(hook.webhook_id, status="ACTIVE" if active else "DISABLED")
+        time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL=1 (harness): the server sees the change
 
 
 def _start_mlflow_on(
@@ -431,6 +445,37 @@ def decided_versions(api: Any, prefix: str) -> dict[tuple[str, str], str]:
         if status:
             found[(str(mv["name"]), str(mv["version"]))] = status
     return found
+
+
+class StoreWatch:
+    """Which versions carry `governance.status`, read from MLflow's own database rather than
+    through its REST API: what the API would answer (it reads the same store, committed rows),
+    without loading the MLflow server, which the gate and the baseline share and which is the
+    bottleneck on SQLite. Polling the API instead (a search every 0.25 s) cost MLflow about as
+    much CPU per decision as two of the webhooks the gate causes, and was charged to the gate
+    alone. One indexed SELECT per poll; on SQLite it holds the read lock for well under a
+    millisecond."""
+
+    def __init__(self, store_uri: str) -> None:
+        import sqlalchemy
+
+        self._engine = sqlalchemy.create_engine(store_uri, poolclass=sqlalchemy.pool.NullPool)
+        self._query = sqlalchemy.text(
+            "SELECT name, version, value FROM model_version_tags "
+            "WHERE key = :key AND name LIKE :names"
+        )
+        self.polls = 0
+
+    def decided(self, prefix: str) -> dict[tuple[str, str], str]:
+        """(model, version) -> governance.status for every decided version of the `prefix`
+        models (named `<prefix>-<i>`)."""
+        self.polls += 1
+        with self._engine.connect() as db:
+            rows = db.execute(self._query, {"key": STATUS_TAG, "names": f"{prefix}-%"})
+            return {(str(name), str(version)): str(value) for name, version, value in rows}
+
+    def close(self) -> None:
+        self._engine.dispose()
 
 
 def settings_for(uri: str) -> Any:
